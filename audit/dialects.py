@@ -1,0 +1,128 @@
+"""Per-dialect differences of the audit, one small class per database.
+
+Everything else in the audit is built from SQLAlchemy Core constructs and is
+portable; only what genuinely differs between PostgreSQL, MySQL/MariaDB and
+SQLite lives here: how a read-only consistent snapshot is opened and how two
+values are compared exactly.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+from audit.errors import DatabaseError, did_you_mean
+
+
+class Dialect:
+    """What differs between databases for the audit."""
+
+    name: ClassVar[str] = ""
+    snapshot_isolation: ClassVar[str] = ""
+
+    def open_snapshot(self, conn: Connection) -> Connection:
+        """Start a read-only transaction that sees one consistent snapshot."""
+        raise NotImplementedError
+
+    def snapshot_time(self, conn: Connection) -> object:
+        """The database's clock at the start of the snapshot."""
+        return conn.execute(sa.select(sa.func.current_timestamp())).scalar_one()
+
+    def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
+        """Null-safe 'a and b are not the same value'; exact for text."""
+        return a.is_distinct_from(b)
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    snapshot_isolation = "REPEATABLE READ, READ ONLY"
+
+    def open_snapshot(self, conn: Connection) -> Connection:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        conn.begin()
+        # The snapshot is taken by the first statement of the transaction.
+        conn.exec_driver_sql("SELECT 1")
+        return conn
+
+    def snapshot_time(self, conn: Connection) -> object:
+        return conn.exec_driver_sql("SELECT transaction_timestamp()").scalar_one()
+
+
+class MySQLDialect(Dialect):
+    name = "mysql"
+    snapshot_isolation = "WITH CONSISTENT SNAPSHOT, READ ONLY (REPEATABLE READ)"
+
+    def open_snapshot(self, conn: Connection) -> Connection:
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        return conn
+
+    def snapshot_time(self, conn: Connection) -> object:
+        return conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
+
+    def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
+        if text:
+            # MySQL's default collations ignore case and trailing spaces; bytes of
+            # the utf8mb4 text are what "exact" means.
+            a, b = _mysql_bytes(a), _mysql_bytes(b)
+        return sa.not_(a.op("<=>", is_comparison=True)(b))
+
+
+def _mysql_bytes(expr: ColumnElement) -> ColumnElement:
+    return _utf8mb4_bytes(expr)
+
+
+class _utf8mb4_bytes(FunctionElement):  # noqa: N801 - a SQL function
+    """MySQL: the utf8mb4 bytes of a value, compared byte by byte."""
+
+    inherit_cache = True
+    type = sa.LargeBinary()
+    name = "utf8mb4_bytes"
+
+
+@compiles(_utf8mb4_bytes, "mysql")
+def _compile_utf8mb4_bytes(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST(CONVERT({compiler.process(arg, **kw)} USING utf8mb4) AS BINARY)"
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    snapshot_isolation = "one read transaction (query_only)"
+
+    def open_snapshot(self, conn: Connection) -> Connection:
+        conn.begin()  # emits BEGIN (see audit.database)
+        conn.exec_driver_sql("PRAGMA query_only = ON")
+        # A deferred transaction takes its read snapshot at the first read.
+        conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").all()
+        return conn
+
+    def snapshot_time(self, conn: Connection) -> object:
+        return conn.exec_driver_sql("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')").scalar_one()
+
+    def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
+        if text:
+            b = sa.collate(b, "BINARY")
+        return a.is_distinct_from(b)
+
+
+_DIALECTS: dict[str, type[Dialect]] = {
+    cls.name: cls for cls in (PostgresDialect, MySQLDialect, SQLiteDialect)
+}
+_ALIASES = {"postgres": "postgresql", "mariadb": "mysql"}
+
+
+def get_dialect(name: str) -> Dialect:
+    """The dialect class for a database name, with "did you mean" on a typo."""
+    key = _ALIASES.get(name, name)
+    try:
+        return _DIALECTS[key]()
+    except KeyError:
+        raise DatabaseError(
+            f"unsupported dialect {name!r}{did_you_mean(name, [*_DIALECTS, *_ALIASES])}"
+        ) from None

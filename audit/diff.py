@@ -1,0 +1,253 @@
+"""The in-database diff: rebuilt state joined to current rows, drift only.
+
+One query per entity: the union of every key that a stream or the current
+table knows, left-joined to each fold and to the current rows. The WHERE clause
+keeps only drifted keys, so only drift crosses the wire; per-column "differs"
+flags are computed by the database too, so Python never re-decides equality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql.elements import ColumnElement
+
+from audit.dialects import Dialect
+from audit.errors import SpecError
+from audit.findings import (
+    ABSENT,
+    DUPLICATE_KEY,
+    MISMATCH,
+    MISSING_ROW,
+    NULL_KEY,
+    ORPHAN_ROW,
+    Finding,
+    key_to_json,
+    numeric_delta,
+)
+from audit.rebuild import KeyFilter, build_folds, key_filter_clause, key_labels
+from audit.schema import BoundColumn, BoundEntity, BoundSpec
+
+
+@dataclass(frozen=True)
+class DiffQuery:
+    entity: BoundEntity
+    select: sa.Select
+    streams: tuple[str, ...]
+    has_dup: bool
+
+
+def _differs(dialect: Dialect, column: BoundColumn, e: ColumnElement, a: ColumnElement):
+    spec = column.spec
+    if not spec.has_tolerance:
+        return dialect.differs(e, a, column.is_text)
+    gap = sa.func.abs(e - a)
+    outside = [gap > sa.literal(spec.tolerance)]
+    if spec.rel_tolerance > 0:
+        outside.append(gap > sa.literal(spec.rel_tolerance) * sa.func.abs(e))
+        outside.append(gap > sa.literal(spec.rel_tolerance) * sa.func.abs(a))
+    return sa.or_(
+        sa.and_(e.is_(None), a.is_not(None)),
+        sa.and_(e.is_not(None), a.is_(None)),
+        sa.and_(e.is_not(None), a.is_not(None), *outside),
+    )
+
+
+def build_diff(
+    bound: BoundSpec, entity: BoundEntity, dialect: Dialect, only_keys: KeyFilter | None = None
+) -> DiffQuery:
+    """The drift query for one entity."""
+    folds = build_folds(bound, entity, only_keys)
+    labels = key_labels(len(entity.key))
+
+    current_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(entity.key, labels)]
+    current_cols += [c.target.label(f"a{i}") for i, c in enumerate(entity.columns)]
+    current_cols.append(sa.literal_column("1").label("present"))
+    has_dup = not entity.key_is_unique
+    if has_dup:
+        current_cols.append(sa.func.count().over(partition_by=list(entity.key)).label("dup"))
+    current_q = sa.select(*current_cols).select_from(entity.table)
+    if only_keys is not None:
+        current_q = current_q.where(key_filter_clause(entity.key, only_keys))
+    current = current_q.subquery("cur")
+
+    key_sets = [sa.select(*(agg.c[lbl] for lbl in labels)) for agg in folds.aggregates.values()]
+    key_sets.append(sa.select(*(current.c[lbl] for lbl in labels)))
+    keys = sa.union(*key_sets).subquery("keys")
+
+    def on(sub) -> ColumnElement:  # type: ignore[no-untyped-def]
+        return sa.and_(*(keys.c[lbl] == sub.c[lbl] for lbl in labels))
+
+    joined = keys
+    for agg in folds.aggregates.values():
+        joined = joined.outerjoin(agg, on(agg))
+    for window in folds.windows.values():
+        joined = joined.outerjoin(window, on(window))
+    joined = joined.outerjoin(current, on(current))
+
+    explained = sa.or_(*(agg.c.n.is_not(None) for agg in folds.aggregates.values()))
+    present = current.c.present.is_not(None)
+    differs = [
+        _differs(dialect, column, folds.expected[i], current.c[f"a{i}"])
+        for i, column in enumerate(entity.columns)
+    ]
+    flags = [sa.case((d, 1), else_=0).label(f"d{i}") for i, d in enumerate(differs)]
+
+    cols: list[ColumnElement] = [keys.c[lbl] for lbl in labels]
+    aggregates = list(folds.aggregates.values())
+    cols += [agg.c.n.label(f"n{j}") for j, agg in enumerate(aggregates)]
+    cols += [agg.c.t.label(f"t{j}") for j, agg in enumerate(aggregates) if "t" in agg.c]
+    cols += [e.label(f"e{i}") for i, e in enumerate(folds.expected)]
+    cols += [current.c[f"a{i}"] for i in range(len(entity.columns))]
+    cols += [current.c.present] + ([current.c.dup] if has_dup else []) + flags
+    cols += [f.label(f"tie{i}") for i, f in folds.tie_flags.items()]
+    streams = list(folds.aggregates)
+    cols += [f.label(f"nullorder{streams.index(s)}") for s, f in folds.null_order_flags.items()]
+
+    drifted = [
+        *(keys.c[lbl].is_(None) for lbl in labels),
+        sa.and_(explained, sa.not_(present)),
+        sa.and_(present, sa.not_(explained)),
+        sa.and_(explained, present, sa.or_(*differs)),
+        *(f == 1 for f in folds.tie_flags.values()),
+        *(f > 0 for f in folds.null_order_flags.values()),
+    ]
+    if has_dup:
+        drifted.append(current.c.dup > 1)
+    query = (
+        sa.select(*cols)
+        .select_from(joined)
+        .where(sa.or_(*drifted))
+        .order_by(*(keys.c[lbl] for lbl in labels))
+    )
+    return DiffQuery(entity=entity, select=query, streams=tuple(folds.aggregates), has_dup=has_dup)
+
+
+def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Finding]:
+    """Execute a diff query and turn each drifted row into findings."""
+    entity = diff.entity
+    names = [c.spec.name for c in entity.columns]
+    n_keys = len(entity.key)
+    null_key_seen = False
+    pending_dup: list[Row[Any]] = []
+
+    def flush_dup() -> Iterator[Finding]:
+        if not pending_dup:
+            return
+        first = pending_dup[0]
+        yield Finding(
+            entity=entity.spec.name,
+            key=tuple(first[:n_keys]),
+            kind=DUPLICATE_KEY,
+            expected=_expected_row(first, names) if _explained(first, diff) else ABSENT,
+            actual=[{n: r._mapping[f"a{i}"] for i, n in enumerate(names)} for r in pending_dup],
+            last_event_at=_last_event(first, diff),
+            extra={"rows": len(pending_dup)},
+        )
+        pending_dup.clear()
+
+    result = conn.execution_options(stream_results=True, yield_per=2000).execute(diff.select)
+    for row in result:
+        m = row._mapping
+        key = tuple(row[:n_keys])
+        _check_order(m, entity, bound)
+        if any(k is None for k in key):
+            null_key_seen = True
+            continue
+        if diff.has_dup and (m["dup"] or 0) > 1:
+            if pending_dup and tuple(pending_dup[0][:n_keys]) != key:
+                yield from flush_dup()
+            pending_dup.append(row)
+            continue
+        yield from flush_dup()
+        explained = _explained(row, diff)
+        present = m["present"] is not None
+        last_at = _last_event(row, diff)
+        if explained and not present:
+            yield Finding(
+                entity=entity.spec.name, key=key, kind=MISSING_ROW,
+                expected=_expected_row(row, names), last_event_at=last_at,
+            )
+        elif present and not explained:
+            yield Finding(
+                entity=entity.spec.name, key=key, kind=ORPHAN_ROW,
+                actual={n: m[f"a{i}"] for i, n in enumerate(names)},
+            )
+        elif explained and present:
+            for i, name in enumerate(names):
+                if m[f"d{i}"] == 1:
+                    expected, actual = m[f"e{i}"], m[f"a{i}"]
+                    yield Finding(
+                        entity=entity.spec.name, key=key, kind=MISMATCH, column=name,
+                        expected=expected, actual=actual,
+                        delta=numeric_delta(expected, actual), last_event_at=last_at,
+                    )
+    yield from flush_dup()
+    if null_key_seen:
+        yield from _null_key_findings(conn, bound, entity, diff)
+
+
+def _explained(row: Row[Any], diff: DiffQuery) -> bool:
+    m = row._mapping
+    return any(m[f"n{j}"] is not None for j in range(len(diff.streams)))
+
+
+def _expected_row(row: Row[Any], names: list[str]) -> dict[str, Any]:
+    m = row._mapping
+    return {n: m[f"e{i}"] for i, n in enumerate(names)}
+
+
+def _last_event(row: Row[Any], diff: DiffQuery) -> Any:
+    m = row._mapping
+    times = [m[f"t{j}"] for j in range(len(diff.streams)) if m.get(f"t{j}") is not None]
+    try:
+        return max(times) if times else None
+    except TypeError:  # mixed types across streams
+        return max(str(t) for t in times)
+
+
+def _check_order(m: Any, entity: BoundEntity, bound: BoundSpec) -> None:
+    """first/last need a total order: ties or NULLs in order_by are spec errors."""
+    key = [m[lbl] for lbl in key_labels(len(entity.key))]
+    for i, column in enumerate(entity.columns):
+        if m.get(f"tie{i}") == 1:
+            stream = bound.streams[column.spec.stream].spec
+            raise SpecError(
+                f"{stream.section}.order_by: rows of key {key_to_json(key)} tie on "
+                f"{', '.join(stream.order_by)}; {column.spec.section} (fold = "
+                f"{column.spec.fold!r}) needs a total order"
+            )
+    for j, name in enumerate(dict.fromkeys(c.spec.stream for c in entity.columns)):
+        nulls = m.get(f"nullorder{j}") or 0
+        if nulls > 0:
+            stream = bound.streams[name].spec
+            raise SpecError(
+                f"{stream.section}.order_by: {nulls} row(s) of key "
+                f"{key_to_json(key)} have a NULL order_by; first/last folds need a total order"
+            )
+
+
+def _null_key_findings(
+    conn: Connection, bound: BoundSpec, entity: BoundEntity, diff: DiffQuery
+) -> Iterator[Finding]:
+    """Rows whose key is NULL belong to no entity: count them, per table."""
+    sources = [(f"streams.{s}", bound.streams[s].table, bound.streams[s].key) for s in diff.streams]
+    sources.append((entity.spec.section, entity.table, entity.key))
+    for section, table, key in sources:
+        count = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(table)
+            .where(sa.or_(*(k.is_(None) for k in key)))
+        ).scalar_one()
+        if count:
+            yield Finding(
+                entity=entity.spec.name,
+                key=tuple(None for _ in key),
+                kind=NULL_KEY,
+                actual={"table": table.name, "section": section, "rows": count},
+                extra={"rows": count, "table": table.name},
+            )

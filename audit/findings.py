@@ -1,0 +1,254 @@
+"""Findings: the audit's data, and its long-format Parquet file.
+
+A :class:`Finding` is one difference between what the streams say a row should
+be and what the row is. Everything drift shows (summary, report, plan) is a
+rendering of findings. Values are kept as the driver returned them and encoded
+to JSON text exactly (decimals keep every digit).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MISMATCH = "mismatch"
+MISSING_ROW = "missing_row"
+ORPHAN_ROW = "orphan_row"
+DUPLICATE_KEY = "duplicate_key"
+NULL_KEY = "null_key"
+ROW_KINDS = (MISSING_ROW, ORPHAN_ROW, DUPLICATE_KEY, NULL_KEY)
+KINDS = (MISMATCH, *ROW_KINDS)
+
+
+class _Absent:
+    """Marks a side that does not apply (the actual side of a missing row)."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+ABSENT: Any = _Absent()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One drifted value or row.
+
+    ``expected``/``actual`` hold the values as read (a dict of audited columns
+    for row-level kinds); :data:`ABSENT` where a side does not apply, which is
+    different from a SQL NULL value (``None``).
+    """
+
+    entity: str
+    key: tuple[Any, ...]
+    kind: str
+    column: str | None = None
+    expected: Any = ABSENT
+    actual: Any = ABSENT
+    delta: float | None = None
+    last_event_at: Any = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def key_json(self) -> str:
+        return key_to_json(self.key)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def to_json(value: Any) -> str:
+    """Exact JSON text for a database value (decimals keep all their digits)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else json.dumps(str(value))
+    if isinstance(value, Decimal):
+        return format(value, "f") if value.is_finite() else json.dumps(str(value))
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return json.dumps(value.isoformat())
+    if isinstance(value, dt.timedelta):
+        return json.dumps(str(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return json.dumps({"$base64": base64.b64encode(bytes(value)).decode("ascii")})
+    if isinstance(value, uuid.UUID):
+        return json.dumps(str(value))
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{to_json(v)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(to_json(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def key_to_json(key: Iterable[Any]) -> str:
+    return "[" + ",".join(to_json(v) for v in key) + "]"
+
+
+def from_json(text: str | None) -> Any:
+    """Parse JSON text written by :func:`to_json`, decimals as Decimal."""
+    if text is None:
+        return ABSENT
+    return json.loads(text, parse_float=Decimal)
+
+
+def numeric_delta(expected: Any, actual: Any) -> float | None:
+    """expected - actual when both are numbers (the correction to apply)."""
+    if not (_is_number(expected) and _is_number(actual)):
+        return None
+    try:
+        return float(Decimal(expected) - Decimal(actual))
+    except (ArithmeticError, ValueError):
+        return None
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        return False
+    return not (isinstance(value, float) and not math.isfinite(value)) and not (
+        isinstance(value, Decimal) and not value.is_finite()
+    )
+
+
+def iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    return str(value)
+
+
+# --------------------------------------------------------------------------- Parquet
+
+FINDINGS_SCHEMA = pa.schema(
+    [
+        ("entity", pa.string()),
+        ("key", pa.string()),
+        ("column", pa.string()),
+        ("kind", pa.string()),
+        ("expected", pa.string()),
+        ("actual", pa.string()),
+        ("delta", pa.float64()),
+        ("last_event_at", pa.string()),
+        ("extra", pa.string()),
+    ]
+)
+
+
+def _side(value: Any) -> str | None:
+    return None if value is ABSENT else to_json(value)
+
+
+class FindingsWriter:
+    """Streams findings into ``findings.parquet`` in row groups and counts them.
+
+    Memory is bounded by the batch size, not by the number of findings.
+    """
+
+    def __init__(self, path: Path, batch_size: int = 10_000) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self._writer = pq.ParquetWriter(str(path), FINDINGS_SCHEMA, compression="zstd")
+        self._rows: dict[str, list[Any]] = {name: [] for name in FINDINGS_SCHEMA.names}
+        self.total = 0
+        self.by_kind: Counter[str] = Counter()
+        self.by_entity: dict[str, Counter[str]] = defaultdict(Counter)
+        self.by_column: dict[str, Counter[str]] = defaultdict(Counter)
+        self.drifted_keys: dict[str, set[str]] = defaultdict(set)
+        self.abs_delta: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+
+    def add(self, finding: Finding) -> None:
+        key = finding.key_json
+        rows = self._rows
+        rows["entity"].append(finding.entity)
+        rows["key"].append(key)
+        rows["column"].append(finding.column)
+        rows["kind"].append(finding.kind)
+        rows["expected"].append(_side(finding.expected))
+        rows["actual"].append(_side(finding.actual))
+        rows["delta"].append(finding.delta)
+        rows["last_event_at"].append(iso(finding.last_event_at))
+        rows["extra"].append(to_json(finding.extra) if finding.extra else None)
+        self.total += 1
+        self.by_kind[finding.kind] += 1
+        self.by_entity[finding.entity][finding.kind] += 1
+        if finding.column is not None:
+            self.by_column[finding.entity][finding.column] += 1
+        self.drifted_keys[finding.entity].add(key)
+        if finding.delta is not None and finding.column is not None:
+            stats = self.abs_delta[finding.entity].setdefault(
+                finding.column, {"sum": 0.0, "max": 0.0}
+            )
+            stats["sum"] += abs(finding.delta)
+            stats["max"] = max(stats["max"], abs(finding.delta))
+        if len(rows["entity"]) >= self.batch_size:
+            self._flush()
+
+    def add_all(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            self.add(finding)
+
+    def _flush(self) -> None:
+        if not self._rows["entity"]:
+            return
+        batch = pa.RecordBatch.from_pydict(self._rows, schema=FINDINGS_SCHEMA)
+        self._writer.write_batch(batch)
+        for values in self._rows.values():
+            values.clear()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_kind": {k: self.by_kind[k] for k in KINDS if self.by_kind[k]}
+            | {k: v for k, v in self.by_kind.items() if k not in KINDS},
+            "by_entity": {
+                entity: {
+                    "total": sum(kinds.values()),
+                    "drifted_rows": len(self.drifted_keys[entity]),
+                    "by_kind": dict(kinds),
+                    "by_column": dict(self.by_column.get(entity, {})),
+                }
+                for entity, kinds in self.by_entity.items()
+            },
+            "drifted_rows": sum(len(keys) for keys in self.drifted_keys.values()),
+            "abs_delta": {e: dict(cols) for e, cols in self.abs_delta.items()},
+        }
+
+
+def read_findings(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield each finding row of a findings.parquet as a dict (in batches)."""
+    parquet = pq.ParquetFile(str(path))
+    for batch in parquet.iter_batches(batch_size=10_000):
+        yield from batch.to_pylist()

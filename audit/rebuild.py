@@ -1,0 +1,162 @@
+"""Rebuilding expected state: each fold compiled to SQL with SQLAlchemy Core.
+
+For one entity, every stream it reads becomes one GROUP BY subquery keyed by
+the entity key (``k0``, ``k1``...), holding the sum/count/min/max columns, the
+stream's row count for the key (``n``, which also says "this stream explains
+the key") and the time of its last row. Each first/last column becomes a
+window subquery that keeps the first or last row per key in ``order_by`` order.
+
+Semantics (also in docs/spec.md):
+
+* ``where`` filters the rows that contribute to a column; a key is explained
+  by a stream if the stream has any row for it, filtered or not.
+* sum/count: ``initial`` (default 0) plus the fold; NULL values are skipped.
+* min/max: the fold, or ``initial`` when no row contributes.
+* first/last: the value of the first/last contributing row (even if NULL),
+  or ``initial`` when no row contributes. Ties in ``order_by`` at that row are
+  an error: the order must be total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import Subquery
+
+from audit.schema import BoundColumn, BoundEntity, BoundSpec, BoundStream
+
+KeyFilter = Sequence[tuple[Any, ...]]
+
+
+@dataclass
+class EntityFolds:
+    """The subqueries that rebuild one entity, and how to read them."""
+
+    aggregates: dict[str, Subquery] = field(default_factory=dict)  # by stream name
+    windows: dict[int, Subquery] = field(default_factory=dict)  # by column index
+    expected: list[ColumnElement] = field(default_factory=list)  # by column index
+    tie_flags: dict[int, ColumnElement] = field(default_factory=dict)  # by column index
+    null_order_flags: dict[str, ColumnElement] = field(default_factory=dict)  # by stream
+
+
+def key_labels(n: int) -> list[str]:
+    return [f"k{i}" for i in range(n)]
+
+
+def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnElement:
+    """``key IN (...)``: restricts an audit to some keys (verify, incremental)."""
+    if len(key) == 1:
+        return key[0].in_([k[0] for k in keys])
+    return sa.tuple_(*key).in_([tuple(k) for k in keys])
+
+
+def _contributing(column: BoundColumn, expr: ColumnElement) -> ColumnElement:
+    if column.where is None:
+        return expr
+    return sa.case((column.where, expr))
+
+
+def _aggregate(
+    stream: BoundStream,
+    columns: list[tuple[int, BoundColumn]],
+    first_last: bool,
+    only_keys: KeyFilter | None,
+    alias: str,
+) -> Subquery:
+    labels = key_labels(len(stream.key))
+    selected: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
+    for index, column in columns:
+        fold = column.spec.fold
+        if fold == "count":
+            arg = column.value if column.value is not None else sa.literal_column("1")
+            selected.append(sa.func.count(_contributing(column, arg)).label(f"c{index}"))
+        else:
+            func = getattr(sa.func, fold)
+            selected.append(func(_contributing(column, column.value)).label(f"c{index}"))
+    selected.append(sa.func.count().label("n"))
+    if stream.time is not None:
+        selected.append(sa.func.max(stream.time).label("t"))
+    if first_last:
+        nulls = sa.or_(*(o.is_(None) for o in stream.order_by))
+        selected.append(sa.func.sum(sa.case((nulls, 1), else_=0)).label("null_order"))
+    query = sa.select(*selected).select_from(stream.table).group_by(*stream.key)
+    if only_keys is not None:
+        query = query.where(key_filter_clause(stream.key, only_keys))
+    return query.subquery(alias)
+
+
+def _window(
+    stream: BoundStream, index: int, column: BoundColumn, only_keys: KeyFilter | None
+) -> Subquery:
+    """The first or last contributing row per key, with a tie flag."""
+    labels = key_labels(len(stream.key))
+    descending = column.spec.fold == "last"
+    order = [o.desc() if descending else o.asc() for o in stream.order_by]
+    window = {"partition_by": list(stream.key), "order_by": order}
+    inner_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
+    inner_cols.append(column.value.label("v"))
+    inner_cols.append(sa.func.row_number().over(**window).label("rn"))
+    for i, o in enumerate(stream.order_by):
+        inner_cols.append(o.label(f"o{i}"))
+        inner_cols.append(sa.func.lead(o).over(**window).label(f"next{i}"))
+    inner = sa.select(*inner_cols).select_from(stream.table)
+    if column.where is not None:
+        inner = inner.where(column.where)
+    if only_keys is not None:
+        inner = inner.where(key_filter_clause(stream.key, only_keys))
+    sub = inner.subquery(f"win{index}")
+    tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
+    outer = sa.select(
+        *(sub.c[lbl] for lbl in labels),
+        sub.c.v,
+        sa.case((tie, 1), else_=0).label("tie"),
+        sa.literal_column("1").label("hit"),
+    ).where(sub.c.rn == 1)
+    return outer.subquery(f"fl{index}")
+
+
+def build_folds(bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | None) -> EntityFolds:
+    """Compile every fold of an entity into subqueries."""
+    folds = EntityFolds()
+    by_stream: dict[str, list[tuple[int, BoundColumn]]] = {}
+    for index, column in enumerate(entity.columns):
+        by_stream.setdefault(column.spec.stream, []).append((index, column))
+    for position, (stream_name, columns) in enumerate(by_stream.items()):
+        stream = bound.streams[stream_name]
+        aggregated = [(i, c) for i, c in columns if c.spec.fold not in ("first", "last")]
+        has_first_last = len(aggregated) != len(columns)
+        folds.aggregates[stream_name] = _aggregate(
+            stream, aggregated, has_first_last, only_keys, f"agg{position}"
+        )
+        if has_first_last:
+            folds.null_order_flags[stream_name] = folds.aggregates[stream_name].c.null_order
+        for index, column in columns:
+            if column.spec.fold in ("first", "last"):
+                folds.windows[index] = _window(stream, index, column, only_keys)
+    for index, column in enumerate(entity.columns):
+        folds.expected.append(_expected(folds, index, column))
+        if index in folds.windows:
+            folds.tie_flags[index] = folds.windows[index].c.tie
+    return folds
+
+
+def _expected(folds: EntityFolds, index: int, column: BoundColumn) -> ColumnElement:
+    fold = column.spec.fold
+    initial = column.spec.initial
+    if fold in ("sum", "count"):
+        agg = folds.aggregates[column.spec.stream].c[f"c{index}"]
+        expr = sa.func.coalesce(agg, sa.literal_column("0"))
+        if initial:
+            expr = expr + sa.literal(initial)
+        return expr
+    if fold in ("min", "max"):
+        agg = folds.aggregates[column.spec.stream].c[f"c{index}"]
+        return agg if initial is None else sa.func.coalesce(agg, sa.literal(initial))
+    window = folds.windows[index]
+    if initial is None:
+        return window.c.v
+    return sa.case((window.c.hit.is_(None), sa.literal(initial)), else_=window.c.v)

@@ -1,0 +1,251 @@
+"""Running an audit: bind the spec, open one snapshot, diff every entity, write the folder.
+
+This is the Python API behind ``drift audit``::
+
+    from audit import run_audit
+    result = run_audit("drift.toml", db="postgresql://...", out="incident-42")
+    result.drift_found, result.summary["counts"]["by_kind"]
+
+The audit never writes to the audited database: every read happens inside one
+read-only snapshot transaction that is rolled back at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection
+
+from audit import __version__
+from audit.database import create_engine, database_errors, mask_url, resolve_url
+from audit.dialects import get_dialect
+from audit.diff import build_diff, run_diff
+from audit.errors import DatabaseError
+from audit.findings import FindingsWriter, iso
+from audit.output import AuditFolder
+from audit.rebuild import KeyFilter
+from audit.schema import BoundSpec, BoundStream, bind_spec
+from audit.spec import Spec, load_spec
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What an audit found, and where it wrote it."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def findings_path(self) -> Path:
+        return self.out_dir / "findings.parquet"
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.html"
+
+    @property
+    def finding_count(self) -> int:
+        return int(self.summary["counts"]["total"])
+
+    @property
+    def drift_found(self) -> bool:
+        return self.finding_count > 0
+
+
+@dataclass
+class _Timer:
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def measure(self, name: str, start: float) -> None:
+        self.timings[name] = round(time.perf_counter() - start, 4)
+
+
+def run_audit(
+    spec: Spec | str | Path,
+    db: str | None = None,
+    out: str | Path | None = None,
+    *,
+    only_keys: Mapping[str, KeyFilter] | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    write_report: bool = True,
+) -> AuditResult:
+    """Audit the database described by ``spec`` and write an audit folder.
+
+    ``db`` overrides the spec's URL (as ``--db`` does). ``only_keys`` restricts
+    the audit to some keys per entity (used by verify). Raises a
+    :class:`~audit.errors.DriftError` subclass on any problem, before anything
+    is written.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    url, _ = resolve_url(db, spec.database_url, spec.base_dir)
+    folder = AuditFolder.create(out)
+    try:
+        summary = _audit(spec, url, folder, only_keys, say, started)
+        summary["command"] = command
+        folder.write_summary(summary)
+        if write_report:
+            from audit.report import render_report
+
+            say("rendering the report")
+            render_report(folder.staging)
+        folder.commit()
+    except BaseException:
+        folder.abandon()
+        raise
+    return AuditResult(out_dir=folder.path, summary=summary)
+
+
+def _audit(
+    spec: Spec,
+    url: URL,
+    folder: AuditFolder,
+    only_keys: Mapping[str, KeyFilter] | None,
+    say: Progress,
+    started: float,
+) -> dict[str, Any]:
+    timer = _Timer()
+    dialect = get_dialect(url.get_backend_name())
+    if url.get_backend_name() == "sqlite":
+        _require_sqlite_file(url)
+    engine = create_engine(url)
+    try:
+        with database_errors(url, "cannot connect"):
+            conn = engine.connect()
+        try:
+            t = time.perf_counter()
+            say(f"reading the schema of {len(spec.streams) + len(spec.entities)} table(s)")
+            with database_errors(url, "cannot read the schema"):
+                bound = bind_spec(spec, conn)
+                conn.rollback()
+            timer.measure("schema", t)
+
+            t = time.perf_counter()
+            with database_errors(url, "cannot open a snapshot"):
+                conn = dialect.open_snapshot(conn)
+                snapshot_at = dialect.snapshot_time(conn)
+            timer.measure("snapshot", t)
+
+            with database_errors(url, "audit failed"):
+                t = time.perf_counter()
+                say("reading stream watermarks")
+                watermarks = {
+                    name: _watermark(conn, stream) for name, stream in bound.streams.items()
+                }
+                entity_rows = {
+                    name: conn.execute(
+                        sa.select(sa.func.count()).select_from(entity.table)
+                    ).scalar_one()
+                    for name, entity in bound.entities.items()
+                }
+                timer.measure("watermarks", t)
+                writer = FindingsWriter(folder.staging / "findings.parquet")
+                try:
+                    for name, entity in bound.entities.items():
+                        t = time.perf_counter()
+                        say(
+                            f"rebuilding {name} ({len(entity.columns)} column(s) from "
+                            f"{len(entity.spec.streams)} stream(s)) and diffing in the database"
+                        )
+                        keys = None if only_keys is None else only_keys.get(name, [])
+                        if keys is not None and not keys:
+                            continue
+                        diff = build_diff(bound, entity, dialect, keys)
+                        writer.add_all(run_diff(conn, bound, diff))
+                        timer.measure(f"entity:{name}", t)
+                finally:
+                    writer.close()
+        finally:
+            try:
+                conn.rollback()
+            finally:
+                conn.close()
+    finally:
+        engine.dispose()
+    timer.timings["total"] = round(time.perf_counter() - started, 4)
+    return _summary(spec, url, bound, dialect.snapshot_isolation, snapshot_at, watermarks,
+                    entity_rows, writer, timer, only_keys)
+
+
+def _require_sqlite_file(url: URL) -> None:
+    """SQLite would silently create an empty database for a wrong path."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    if not Path(database).is_file():
+        raise DatabaseError(f"SQLite database file not found: {database}")
+
+
+def _watermark(conn: Connection, stream: BoundStream) -> dict[str, Any]:
+    rows = conn.execute(sa.select(sa.func.count()).select_from(stream.table)).scalar_one()
+    top = conn.execute(
+        sa.select(*stream.order_by)
+        .select_from(stream.table)
+        .order_by(*(o.desc() for o in stream.order_by))
+        .limit(1)
+    ).first()
+    return {
+        "order_by": list(stream.spec.order_by),
+        "value": None if top is None else [_plain(v) for v in top],
+        "rows": rows,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly form of a watermark value."""
+    if isinstance(value, (int, str, float, bool)) or value is None:
+        return value
+    return iso(value) if isinstance(value, (dt.datetime, dt.date)) else str(value)
+
+
+def _summary(
+    spec: Spec,
+    url: URL,
+    bound: BoundSpec,
+    isolation: str,
+    snapshot_at: Any,
+    watermarks: dict[str, Any],
+    entity_rows: dict[str, int],
+    writer: FindingsWriter,
+    timer: _Timer,
+    only_keys: Mapping[str, KeyFilter] | None,
+) -> dict[str, Any]:
+    counts = writer.counts()
+    return {
+        "tool": "drift",
+        "version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "spec": {"path": str(spec.path) if spec.path else None, "sha256": spec.sha256},
+        "database": {"url": mask_url(url), "dialect": url.get_backend_name()},
+        "snapshot": {"taken_at": iso(snapshot_at), "isolation": isolation},
+        "scope": "keys" if only_keys is not None else "full",
+        "watermarks": watermarks,
+        "rows_scanned": {
+            "entities": entity_rows,
+            "streams": {name: w["rows"] for name, w in watermarks.items()},
+        },
+        "entities": {
+            name: {
+                "table": entity.spec.table,
+                "key": list(entity.spec.key),
+                "columns": {
+                    c.spec.name: {"fold": c.spec.fold, "stream": c.spec.stream}
+                    for c in entity.columns
+                },
+            }
+            for name, entity in bound.entities.items()
+        },
+        "counts": counts,
+        "timings": timer.timings,
+    }

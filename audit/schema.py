@@ -1,0 +1,249 @@
+"""Binding a spec to the live schema: reflect tables, resolve names and expressions.
+
+A spec entry that is exactly (or, failing that, case-insensitively and
+uniquely) the name of a reflected column becomes that Column, so odd names are
+quoted correctly by SQLAlchemy. Anything else is a SQL expression in the
+target's dialect, written by a trusted operator, and is checked by asking the
+database to plan it (``SELECT expr FROM t WHERE false``) before the audit runs.
+A bare word that is not a column is reported as a missing column, with a
+"did you mean".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from audit.database import describe_db_error
+from audit.errors import DatabaseError, SpecError, did_you_mean
+from audit.spec import Column, Entity, Spec, Stream
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_SQL_WORDS = {"null", "true", "false", "current_timestamp", "current_date", "current_time"}
+
+
+@dataclass(frozen=True)
+class BoundStream:
+    spec: Stream
+    table: sa.Table
+    key: tuple[ColumnElement, ...]
+    order_by: tuple[ColumnElement, ...]
+    time: ColumnElement | None
+
+
+@dataclass(frozen=True)
+class BoundColumn:
+    spec: Column
+    target: sa.Column
+    value: ColumnElement | None
+    where: ColumnElement | None
+    is_text: bool
+    is_numeric: bool
+
+
+@dataclass(frozen=True)
+class BoundEntity:
+    spec: Entity
+    table: sa.Table
+    key: tuple[ColumnElement, ...]
+    key_columns: tuple[sa.Column, ...] | None  # when every key entry is a plain column
+    columns: tuple[BoundColumn, ...]
+    key_is_unique: bool
+
+
+@dataclass(frozen=True)
+class BoundSpec:
+    spec: Spec
+    streams: dict[str, BoundStream]
+    entities: dict[str, BoundEntity]
+
+
+def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
+    """Reflect every table of the spec and resolve every name and expression."""
+    inspector = sa.inspect(conn)
+    metadata = sa.MetaData()
+    tables: dict[tuple[str | None, str], sa.Table] = {}
+
+    def reflect(section: str, name: str, schema: str | None) -> sa.Table:
+        if (schema, name) not in tables:
+            tables[(schema, name)] = _reflect(conn, inspector, metadata, section, name, schema)
+        return tables[(schema, name)]
+
+    streams: dict[str, BoundStream] = {}
+    for stream in spec.streams.values():
+        table = reflect(f"{stream.section}.table", stream.table, stream.schema)
+        streams[stream.name] = BoundStream(
+            spec=stream,
+            table=table,
+            key=tuple(_resolve(table, k, f"{stream.section}.key") for k in stream.key),
+            order_by=tuple(
+                _resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by
+            ),
+            time=_resolve(table, stream.time, f"{stream.section}.time") if stream.time else None,
+        )
+
+    entities: dict[str, BoundEntity] = {}
+    for entity in spec.entities.values():
+        table = reflect(f"{entity.section}.table", entity.table, entity.schema)
+        key = tuple(_resolve(table, k, f"{entity.section}.key") for k in entity.key)
+        plain = tuple(k for k in key if isinstance(k, sa.Column))
+        key_columns = plain if len(plain) == len(key) else None
+        columns = []
+        for column in entity.columns.values():
+            stream = streams[column.stream]
+            target = _column(table, column.name, column.section)
+            value = (
+                _resolve(stream.table, column.value, f"{column.section}.value")
+                if column.value is not None
+                else None
+            )
+            if column.fold in ("sum", "count") and column.value is not None:
+                _check_numeric_value(value, column)
+            columns.append(
+                BoundColumn(
+                    spec=column,
+                    target=target,
+                    value=value,
+                    where=(
+                        _resolve(stream.table, column.where, f"{column.section}.where")
+                        if column.where
+                        else None
+                    ),
+                    is_text=_is_text(target.type),
+                    is_numeric=_is_numeric(target.type),
+                )
+            )
+        entities[entity.name] = BoundEntity(
+            spec=entity,
+            table=table,
+            key=key,
+            key_columns=key_columns,
+            columns=tuple(columns),
+            key_is_unique=bool(key_columns) and _is_unique(inspector, table, key_columns),
+        )
+    bound = BoundSpec(spec=spec, streams=streams, entities=entities)
+    _check_expressions(bound, conn)
+    return bound
+
+
+def _reflect(
+    conn: Connection,
+    inspector: sa.Inspector,
+    metadata: sa.MetaData,
+    section: str,
+    name: str,
+    schema: str | None,
+) -> sa.Table:
+    try:
+        return sa.Table(name, metadata, autoload_with=conn, schema=schema)
+    except exc.NoSuchTableError:
+        try:
+            names = inspector.get_table_names(schema=schema) + inspector.get_view_names(
+                schema=schema
+            )
+        except exc.SQLAlchemyError:
+            names = []
+        where = f"{schema}.{name}" if schema else name
+        raise SpecError(f"{section}: table {where!r} not found{did_you_mean(name, names)}") from None
+    except exc.DBAPIError as err:
+        raise DatabaseError(f"{section}: cannot read table {name!r}: {describe_db_error(err)}") from err
+
+
+def _column(table: sa.Table, name: str, where: str) -> sa.Column:
+    if name in table.c:
+        return table.c[name]
+    folded = [c for c in table.c if c.name.lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise SpecError(
+        f"{where}: column {name!r} not found in table {table.name!r}"
+        + did_you_mean(name, [c.name for c in table.c])
+    )
+
+
+def _resolve(table: sa.Table, text: str, where: str) -> ColumnElement:
+    """A plain column name becomes the Column; anything else a SQL expression."""
+    if text in table.c:
+        return table.c[text]
+    if _IDENTIFIER.fullmatch(text) and text.lower() not in _SQL_WORDS:
+        return _column(table, text, where)
+    return sa.literal_column(f"({text})")
+
+
+def _is_text(type_: sa.types.TypeEngine) -> bool:
+    return isinstance(type_, sa.String)  # Text, Enum and the dialects' own string types too
+
+
+def _is_numeric(type_: sa.types.TypeEngine) -> bool:
+    return isinstance(type_, (sa.Integer, sa.Numeric, sa.Float)) and not isinstance(
+        type_, sa.Boolean
+    )
+
+
+def _check_numeric_value(value: ColumnElement | None, column: Column) -> None:
+    if isinstance(value, sa.Column) and _is_text(value.type):
+        raise SpecError(
+            f"{column.section}.value: fold {column.fold!r} needs numbers, but column "
+            f"{value.name!r} holds text ({value.type})"
+        )
+
+
+def _is_unique(
+    inspector: sa.Inspector, table: sa.Table, key_columns: tuple[sa.Column, ...]
+) -> bool:
+    """True when a primary key or unique constraint guarantees one row per key."""
+    names = {c.name for c in key_columns}
+    candidates: list[set[str]] = []
+    pk = table.primary_key
+    if pk is not None and len(pk.columns):
+        candidates.append({c.name for c in pk.columns})
+    try:
+        for uc in inspector.get_unique_constraints(table.name, schema=table.schema):
+            candidates.append(set(uc["column_names"]))
+    except (NotImplementedError, exc.SQLAlchemyError):
+        pass
+    for index in table.indexes:
+        if index.unique:
+            candidates.append({c.name for c in index.columns})
+    return any(c and c <= names for c in candidates)
+
+
+def _check_expressions(bound: BoundSpec, conn: Connection) -> None:
+    """Ask the database to plan each expression, so an error names its spec key."""
+    probes: list[tuple[str, sa.Table, ColumnElement]] = []
+    for stream in bound.streams.values():
+        section = stream.spec.section
+        for i, expr in enumerate(stream.key):
+            probes.append((f"{section}.key[{i}]", stream.table, expr))
+        for i, expr in enumerate(stream.order_by):
+            probes.append((f"{section}.order_by[{i}]", stream.table, expr))
+        if stream.time is not None:
+            probes.append((f"{section}.time", stream.table, stream.time))
+    for entity in bound.entities.values():
+        for i, expr in enumerate(entity.key):
+            probes.append((f"{entity.spec.section}.key[{i}]", entity.table, expr))
+        for column in entity.columns:
+            stream_table = bound.streams[column.spec.stream].table
+            if column.value is not None:
+                probes.append((f"{column.spec.section}.value", stream_table, column.value))
+            if column.where is not None:
+                probes.append((f"{column.spec.section}.where", stream_table, column.where))
+    for where, table, expr in probes:
+        if isinstance(expr, sa.Column):
+            continue
+        query = sa.select(expr).select_from(table).where(sa.false()).limit(0)
+        savepoint = conn.begin_nested() if conn.in_transaction() else None
+        try:
+            conn.execute(query).all()
+        except exc.DBAPIError as err:
+            if savepoint is not None:
+                savepoint.rollback()
+            raise SpecError(f"{where}: the database rejects it: {describe_db_error(err)}") from None
+        else:
+            if savepoint is not None:
+                savepoint.commit()

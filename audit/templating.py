@@ -1,0 +1,49 @@
+"""Loading drift's Jinja2 templates (the top-level ``templates/`` folder).
+
+The folder ships in the wheel as the package ``audit.templates``; in an
+editable install the same name points at the checkout's folder. A user folder
+(``DRIFT_TEMPLATES``) may override any built-in template by name.
+
+HTML templates autoescape everything; SQL layout templates do not escape but
+use StrictUndefined, and never receive raw values (only SQL that SQLAlchemy
+already compiled).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+
+def templates_dir() -> Path:
+    return Path(str(resources.files("audit.templates")))
+
+
+def _loader() -> jinja2.BaseLoader:
+    loaders: list[jinja2.BaseLoader] = []
+    user = os.environ.get("DRIFT_TEMPLATES")
+    if user:
+        loaders.append(jinja2.FileSystemLoader(user))
+    loaders.append(jinja2.FileSystemLoader(str(templates_dir())))
+    return jinja2.ChoiceLoader(loaders)
+
+
+@cache
+def html_environment() -> jinja2.Environment:
+    # select_autoescape() would not escape *.j2 files: turn it on explicitly.
+    return jinja2.Environment(
+        loader=_loader(), autoescape=True, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+
+
+@cache
+def sql_environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )

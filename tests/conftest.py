@@ -1,0 +1,161 @@
+"""Test backends: SQLite in tmp_path by default, real servers by URL.
+
+PostgreSQL and MariaDB URLs come from DRIFT_TEST_POSTGRES_URL and
+DRIFT_TEST_MYSQL_URL (defaulting to the local servers). Each test gets its own
+scratch schema (PostgreSQL) or database (MariaDB), dropped afterwards. Server
+tests are skipped when the server is unreachable, and fail instead when
+DRIFT_REQUIRE_SERVERS=1.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+POSTGRES_URL = os.environ.get(
+    "DRIFT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("DRIFT_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+REQUIRE_SERVERS = os.environ.get("DRIFT_REQUIRE_SERVERS") == "1"
+BACKENDS = ("sqlite", "postgresql", "mysql")
+
+
+@cache
+def server_problem(name: str) -> str | None:
+    """Why a server cannot be used, or None when it answers."""
+    url = POSTGRES_URL if name == "postgresql" else MYSQL_URL
+    connect_args = {"connect_timeout": 5}
+    try:
+        engine = sa.create_engine(url, connect_args=connect_args)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+        return f"{name} at {make_url(url).render_as_string(hide_password=True)}: {exc}"
+    return None
+
+
+def require_server(name: str) -> None:
+    problem = server_problem(name)
+    if problem is None:
+        return
+    if REQUIRE_SERVERS:
+        pytest.fail(f"DRIFT_REQUIRE_SERVERS=1 but {problem}")
+    pytest.skip(f"server unreachable: {problem}")
+
+
+@dataclass
+class Backend:
+    """A scratch database on one engine, for one test."""
+
+    name: str
+    url: str
+    engine: Engine
+    tmp_path: Path
+
+    @property
+    def dialect(self) -> str:
+        return self.name
+
+    def execute(self, sql: str, **params: object) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(sql), params)
+
+    def scalar(self, sql: str, **params: object) -> object:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+
+    def client_command(self) -> tuple[list[str], dict[str, str]]:
+        """The standard client's command line (and environment) for this database."""
+        url = make_url(self.url)
+        env = dict(os.environ)
+        if self.name == "sqlite":
+            return ["sqlite3", "-bail", str(url.database)], env
+        if self.name == "postgresql":
+            env["PGOPTIONS"] = f"-csearch_path={self.schema}"
+            if url.password:
+                env["PGPASSWORD"] = str(url.password)
+            return [
+                "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", url.host or "127.0.0.1",
+                "-p", str(url.port or 5432), "-U", url.username or "postgres",
+                "-d", url.database or "test",
+            ], env
+        command = [
+            "mariadb", "-h", url.host or "127.0.0.1", "-P", str(url.port or 3306),
+            "-u", url.username or "root", "--default-character-set=utf8mb4",
+            url.database or "test",
+        ]
+        if url.password:
+            env["MYSQL_PWD"] = str(url.password)
+        return command, env
+
+    schema: str = ""
+
+
+def _make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
+    if name == "sqlite":
+        path = tmp_path / "test.db"
+        url = f"sqlite:///{path}"
+        engine = sa.create_engine(url)
+        yield Backend(name=name, url=url, engine=engine, tmp_path=tmp_path)
+        engine.dispose()
+        return
+    require_server(name)
+    scratch = f"drift_t_{uuid.uuid4().hex[:12]}"
+    if name == "postgresql":
+        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{scratch}"'))
+        url_obj = make_url(POSTGRES_URL)
+        url_obj = url_obj.update_query_dict({"options": f"-csearch_path={scratch}"})
+    else:
+        admin = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(
+                f"CREATE DATABASE `{scratch}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+            ))
+        url_obj = make_url(MYSQL_URL).set(database=scratch)
+        url_obj = url_obj.update_query_dict({"charset": "utf8mb4"})
+    url = url_obj.render_as_string(hide_password=False)
+    engine = sa.create_engine(url)
+    backend = Backend(name=name, url=url, engine=engine, tmp_path=tmp_path, schema=scratch)
+    try:
+        yield backend
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            if name == "postgresql":
+                conn.execute(sa.text(f'DROP SCHEMA "{scratch}" CASCADE'))
+            else:
+                conn.execute(sa.text(f"DROP DATABASE `{scratch}`"))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Every test using this runs on SQLite, PostgreSQL and MariaDB."""
+    yield from _make_backend(request.param, tmp_path)
+
+
+@pytest.fixture(params=("postgresql", "mysql"))
+def server_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """PostgreSQL and MariaDB only (concurrency with real servers)."""
+    yield from _make_backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend("sqlite", tmp_path)
+
+
+def make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
+    """For tests that pick their engines themselves (a generator: use with next())."""
+    return _make_backend(name, tmp_path)
