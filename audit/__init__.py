@@ -8,5 +8,12 @@ from audit.errors import DriftError  # noqa: E402
 from audit.run import AuditResult, run_audit  # noqa: E402
 from audit.spec import Spec, load_spec, parse_spec  # noqa: E402
 
-__all__ = ["AuditResult", "DriftError", "Spec", "__version__", "load_spec", "parse_spec",
-           "run_audit"]
+__all__ = [
+    "AuditResult",
+    "DriftError",
+    "Spec",
+    "__version__",
+    "load_spec",
+    "parse_spec",
+    "run_audit",
+]

@@ -169,12 +169,17 @@ def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Fi
         last_at = _last_event(row, diff)
         if explained and not present:
             yield Finding(
-                entity=entity.spec.name, key=key, kind=MISSING_ROW,
-                expected=_expected_row(row, names), last_event_at=last_at,
+                entity=entity.spec.name,
+                key=key,
+                kind=MISSING_ROW,
+                expected=_expected_row(row, names),
+                last_event_at=last_at,
             )
         elif present and not explained:
             yield Finding(
-                entity=entity.spec.name, key=key, kind=ORPHAN_ROW,
+                entity=entity.spec.name,
+                key=key,
+                kind=ORPHAN_ROW,
                 actual={n: m[f"a{i}"] for i, n in enumerate(names)},
             )
         elif explained and present:
@@ -182,9 +187,14 @@ def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Fi
                 if m[f"d{i}"] == 1:
                     expected, actual = m[f"e{i}"], m[f"a{i}"]
                     yield Finding(
-                        entity=entity.spec.name, key=key, kind=MISMATCH, column=name,
-                        expected=expected, actual=actual,
-                        delta=numeric_delta(expected, actual), last_event_at=last_at,
+                        entity=entity.spec.name,
+                        key=key,
+                        kind=MISMATCH,
+                        column=name,
+                        expected=expected,
+                        actual=actual,
+                        delta=numeric_delta(expected, actual),
+                        last_event_at=last_at,
                     )
     yield from flush_dup()
     if null_key_seen:
@@ -239,9 +249,7 @@ def _null_key_findings(
     sources.append((entity.spec.section, entity.table, entity.key))
     for section, table, key in sources:
         count = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(table)
-            .where(sa.or_(*(k.is_(None) for k in key)))
+            sa.select(sa.func.count()).select_from(table).where(sa.or_(*(k.is_(None) for k in key)))
         ).scalar_one()
         if count:
             yield Finding(

@@ -102,8 +102,13 @@ def to_json(value: Any) -> str:
     if isinstance(value, uuid.UUID):
         return json.dumps(str(value))
     if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{to_json(v)}"
-                              for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{json.dumps(str(k), ensure_ascii=False)}:{to_json(v)}" for k, v in value.items()
+            )
+            + "}"
+        )
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(to_json(v) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)

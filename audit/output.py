@@ -46,7 +46,9 @@ class AuditFolder:
             parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=parent))
         except OSError as exc:
-            raise OutputError(f"cannot write the audit folder in {parent}: {exc.strerror}") from None
+            raise OutputError(
+                f"cannot write the audit folder in {parent}: {exc.strerror}"
+            ) from None
         return cls(path=path, staging=staging)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -59,7 +61,9 @@ class AuditFolder:
             os.replace(self.staging, self.path)
         except OSError as exc:
             self.abandon()
-            raise OutputError(f"cannot write the audit folder {self.path}: {exc.strerror}") from None
+            raise OutputError(
+                f"cannot write the audit folder {self.path}: {exc.strerror}"
+            ) from None
 
     def abandon(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -67,8 +71,9 @@ class AuditFolder:
 
 def write_json(path: Path, data: Any) -> None:
     try:
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
-                        encoding="utf-8")
+        path.write_text(
+            json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+        )
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
 

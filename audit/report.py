@@ -30,8 +30,14 @@ def top_findings(folder: Path, limit: int = DEFAULT_TOP) -> tuple[list[dict[str,
     row_level = pc.is_in(table["kind"], value_set=__import__("pyarrow").array(ROW_KINDS))
     table = table.append_column("_row_level", pc.cast(row_level, "int8"))
     table = table.append_column("_abs", pc.fill_null(pc.abs(table["delta"]), -1.0))
-    table = table.sort_by([("_row_level", "descending"), ("_abs", "descending"),
-                           ("entity", "ascending"), ("key", "ascending")])
+    table = table.sort_by(
+        [
+            ("_row_level", "descending"),
+            ("_abs", "descending"),
+            ("entity", "ascending"),
+            ("key", "ascending"),
+        ]
+    )
     table = table.slice(0, limit).drop_columns(["_row_level", "_abs"])
     return table.to_pylist(), total
 
@@ -41,8 +47,10 @@ def render_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Path:
     folder = Path(folder)
     summary = read_summary(folder)
     findings, total = top_findings(folder, limit)
-    html = html_environment().get_template("report.html.j2").render(
-        summary=summary, findings=findings, total=total, shown=len(findings)
+    html = (
+        html_environment()
+        .get_template("report.html.j2")
+        .render(summary=summary, findings=findings, total=total, shown=len(findings))
     )
     path = folder / REPORT
     try:

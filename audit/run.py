@@ -174,8 +174,18 @@ def _audit(
     finally:
         engine.dispose()
     timer.timings["total"] = round(time.perf_counter() - started, 4)
-    return _summary(spec, url, bound, dialect.snapshot_isolation, snapshot_at, watermarks,
-                    entity_rows, writer, timer, only_keys)
+    return _summary(
+        spec,
+        url,
+        bound,
+        dialect.snapshot_isolation,
+        snapshot_at,
+        watermarks,
+        entity_rows,
+        writer,
+        timer,
+        only_keys,
+    )
 
 
 def _require_sqlite_file(url: URL) -> None:

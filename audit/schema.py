@@ -149,9 +149,13 @@ def _reflect(
         except exc.SQLAlchemyError:
             names = []
         where = f"{schema}.{name}" if schema else name
-        raise SpecError(f"{section}: table {where!r} not found{did_you_mean(name, names)}") from None
+        raise SpecError(
+            f"{section}: table {where!r} not found{did_you_mean(name, names)}"
+        ) from None
     except exc.DBAPIError as err:
-        raise DatabaseError(f"{section}: cannot read table {name!r}: {describe_db_error(err)}") from err
+        raise DatabaseError(
+            f"{section}: cannot read table {name!r}: {describe_db_error(err)}"
+        ) from err
 
 
 def _column(table: sa.Table, name: str, where: str) -> sa.Column:

@@ -211,8 +211,11 @@ def _parse_entity(name: str, raw: dict[str, Any], streams: dict[str, Stream]) ->
             )
         columns[col_name] = column
     return Entity(
-        name=name, table=_req_str(raw, "table", where), schema=_opt_str(raw, "schema", where),
-        key=key, columns=columns,
+        name=name,
+        table=_req_str(raw, "table", where),
+        schema=_opt_str(raw, "schema", where),
+        key=key,
+        columns=columns,
     )
 
 
@@ -231,8 +234,10 @@ def _parse_column(entity: str, name: str, raw: dict[str, Any]) -> Column:
     initial = raw.get("initial")
     if initial is not None and not isinstance(initial, (int, float, str, bool)):
         raise SpecError(f"{where}.initial: must be a number, a string or a boolean")
-    if fold in NUMERIC_FOLDS and initial is not None and (
-        isinstance(initial, bool) or not isinstance(initial, (int, float))
+    if (
+        fold in NUMERIC_FOLDS
+        and initial is not None
+        and (isinstance(initial, bool) or not isinstance(initial, (int, float)))
     ):
         raise SpecError(f"{where}.initial: fold = {fold!r} needs a numeric initial value")
     return Column(

@@ -36,14 +36,21 @@ def _loader() -> jinja2.BaseLoader:
 def html_environment() -> jinja2.Environment:
     # select_autoescape() would not escape *.j2 files: turn it on explicitly.
     return jinja2.Environment(
-        loader=_loader(), autoescape=True, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
+        loader=_loader(),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
 @cache
 def sql_environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        loader=_loader(),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )

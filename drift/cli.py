@@ -21,7 +21,7 @@ import os
 import shlex
 import sys
 import webbrowser
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,7 +43,7 @@ app = typer.Typer(
 _state: dict[str, Any] = {"debug": False, "quiet": False}
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     text = "text"
     json = "json"
 
@@ -88,12 +88,14 @@ def command_line() -> str:
 def audit(
     config: Annotated[Path, typer.Option("--config", "-c", help="The spec file (drift.toml).")],
     db: Annotated[
-        str | None, typer.Option("--db", help="Database URL (overrides the spec and "
-                                 "DRIFT_DATABASE_URL).")
+        str | None,
+        typer.Option("--db", help="Database URL (overrides the spec and DRIFT_DATABASE_URL)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Audit folder to create (default: "
-                                  "./drift-audit-<timestamp>).")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Audit folder to create (default: ./drift-audit-<timestamp>)."
+        ),
     ] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Summary format.")] = Format.text,
 ) -> None:
@@ -122,8 +124,14 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
     for entity, entity_rows in rows.items():
         stats = counts["by_entity"].get(entity, {})
         by_kind = stats.get("by_kind", {})
-        table.append([entity, str(entity_rows), str(stats.get("drifted_rows", 0)),
-                      *(str(by_kind.get(k, 0)) for k in kinds)])
+        table.append(
+            [
+                entity,
+                str(entity_rows),
+                str(stats.get("drifted_rows", 0)),
+                *(str(by_kind.get(k, 0)) for k in kinds),
+            ]
+        )
         for column, n in stats.get("by_column", {}).items():
             table.append([f"  .{column}", "", "", str(n), *([""] * (len(kinds) - 1))])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -131,7 +139,8 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
     total = counts["total"]
     lines.append(
         f"drift: {total} finding(s) in {counts['drifted_rows']} drifted row(s)"
-        if total else "drift: no drift found"
+        if total
+        else "drift: no drift found"
     )
     lines.append("")
     for i, r in enumerate(table):
@@ -185,8 +194,12 @@ def demo(
         import shutil
 
         shutil.rmtree(out)
-    result = run_audit(shop.spec, out=out, progress=progress,
-                       command=f"drift audit -c {shlex.quote(str(shop.spec))}")
+    result = run_audit(
+        shop.spec,
+        out=out,
+        progress=progress,
+        command=f"drift audit -c {shlex.quote(str(shop.spec))}",
+    )
     typer.echo(render_summary(result.summary, result.out_dir))
     typer.echo("")
     typer.echo("What happened in the shop (the demo staged these races):")
@@ -256,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         if _state["debug"]:
             raise
         message = redact(f"{kind}: {err}", *secrets).splitlines()[0]
-        typer.echo(f"drift: internal error: {message} (rerun with --debug for the traceback)",
-                   err=True)
+        typer.echo(
+            f"drift: internal error: {message} (rerun with --debug for the traceback)", err=True
+        )
         return 2
     finally:
         _state["debug"] = False

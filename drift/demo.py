@@ -30,19 +30,22 @@ from sqlalchemy.engine import Connection
 metadata = sa.MetaData()
 
 inventory = sa.Table(
-    "inventory", metadata,
+    "inventory",
+    metadata,
     sa.Column("sku", sa.String(64), primary_key=True),
     sa.Column("on_hand", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.String(32)),
 )
 orders = sa.Table(
-    "orders", metadata,
+    "orders",
+    metadata,
     sa.Column("order_id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.String(32)),
 )
 stock_events = sa.Table(
-    "stock_events", metadata,
+    "stock_events",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("sku", sa.String(64), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
@@ -52,7 +55,8 @@ stock_events = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
 )
 order_events = sa.Table(
-    "order_events", metadata,
+    "order_events",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("order_id", sa.Integer, nullable=False),
     sa.Column("new_status", sa.String(32), nullable=False),
@@ -60,7 +64,8 @@ order_events = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
 )
 job_runs = sa.Table(
-    "job_runs", metadata,
+    "job_runs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("job_name", sa.String(64), nullable=False),
     sa.Column("sku", sa.String(64)),
@@ -72,7 +77,8 @@ job_runs = sa.Table(
     sa.Column("finished_at", sa.String(32)),
 )
 outbox = sa.Table(
-    "outbox", metadata,
+    "outbox",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("aggregate_id", sa.String(64), nullable=False),
     sa.Column("event_id", sa.Integer, nullable=False),
@@ -144,54 +150,117 @@ class Shop:
     conn: Connection
     clock: Clock = field(default_factory=Clock)
 
-    def start_run(self, job: str, worker: str, attempt: int = 1, *,
-                  sku: str | None = None, order_id: int | None = None) -> int:
-        result = self.conn.execute(job_runs.insert().values(
-            job_name=job, sku=sku, order_id=order_id, worker=worker, attempt=attempt,
-            status="running", started_at=self.clock.tick(),
-        ))
+    def start_run(
+        self,
+        job: str,
+        worker: str,
+        attempt: int = 1,
+        *,
+        sku: str | None = None,
+        order_id: int | None = None,
+    ) -> int:
+        result = self.conn.execute(
+            job_runs.insert().values(
+                job_name=job,
+                sku=sku,
+                order_id=order_id,
+                worker=worker,
+                attempt=attempt,
+                status="running",
+                started_at=self.clock.tick(),
+            )
+        )
         return int(result.inserted_primary_key[0])
 
     def finish_run(self, run_id: int, status: str = "succeeded") -> None:
-        self.conn.execute(job_runs.update().where(job_runs.c.id == run_id).values(
-            status=status, finished_at=self.clock.tick()))
+        self.conn.execute(
+            job_runs.update()
+            .where(job_runs.c.id == run_id)
+            .values(status=status, finished_at=self.clock.tick())
+        )
 
     def on_hand(self, sku: str) -> int:
-        return int(self.conn.execute(
-            sa.select(inventory.c.on_hand).where(inventory.c.sku == sku)).scalar_one())
+        return int(
+            self.conn.execute(
+                sa.select(inventory.c.on_hand).where(inventory.c.sku == sku)
+            ).scalar_one()
+        )
 
     def set_on_hand(self, sku: str, value: int) -> None:
-        self.conn.execute(inventory.update().where(inventory.c.sku == sku).values(
-            on_hand=value, updated_at=self.clock.tick()))
+        self.conn.execute(
+            inventory.update()
+            .where(inventory.c.sku == sku)
+            .values(on_hand=value, updated_at=self.clock.tick())
+        )
 
-    def stock_event(self, sku: str, kind: str, qty: int, run_id: int | None, *,
-                    idempotency_key: str | None = None, announce: bool = True) -> int | None:
-        if idempotency_key is not None and self.conn.execute(
-            sa.select(stock_events.c.id).where(stock_events.c.idempotency_key == idempotency_key)
-        ).first():
+    def stock_event(
+        self,
+        sku: str,
+        kind: str,
+        qty: int,
+        run_id: int | None,
+        *,
+        idempotency_key: str | None = None,
+        announce: bool = True,
+    ) -> int | None:
+        if (
+            idempotency_key is not None
+            and self.conn.execute(
+                sa.select(stock_events.c.id).where(
+                    stock_events.c.idempotency_key == idempotency_key
+                )
+            ).first()
+        ):
             return None
         at = self.clock.tick()
-        event_id = int(self.conn.execute(stock_events.insert().values(
-            sku=sku, kind=kind, qty=qty, job_run_id=run_id, idempotency_key=idempotency_key,
-            created_at=at)).inserted_primary_key[0])
+        event_id = int(
+            self.conn.execute(
+                stock_events.insert().values(
+                    sku=sku,
+                    kind=kind,
+                    qty=qty,
+                    job_run_id=run_id,
+                    idempotency_key=idempotency_key,
+                    created_at=at,
+                )
+            ).inserted_primary_key[0]
+        )
         if announce:
-            self.conn.execute(outbox.insert().values(
-                aggregate_id=sku, event_id=event_id, event_type=f"stock.{kind}",
-                payload=json.dumps({"sku": sku, "kind": kind, "qty": qty}), created_at=at,
-                published_at=self.clock.tick()))
+            self.conn.execute(
+                outbox.insert().values(
+                    aggregate_id=sku,
+                    event_id=event_id,
+                    event_type=f"stock.{kind}",
+                    payload=json.dumps({"sku": sku, "kind": kind, "qty": qty}),
+                    created_at=at,
+                    published_at=self.clock.tick(),
+                )
+            )
         return event_id
 
     def order_event(self, order_id: int, status: str, run_id: int | None) -> None:
-        self.conn.execute(order_events.insert().values(
-            order_id=order_id, new_status=status, job_run_id=run_id, created_at=self.clock.tick()))
+        self.conn.execute(
+            order_events.insert().values(
+                order_id=order_id,
+                new_status=status,
+                job_run_id=run_id,
+                created_at=self.clock.tick(),
+            )
+        )
 
     def status(self, order_id: int) -> str:
-        return str(self.conn.execute(
-            sa.select(orders.c.status).where(orders.c.order_id == order_id)).scalar_one())
+        return str(
+            self.conn.execute(
+                sa.select(orders.c.status).where(orders.c.order_id == order_id)
+            ).scalar_one()
+        )
 
     def set_status(self, order_id: int, status: str) -> None:
-        self.conn.execute(orders.update().where(orders.c.order_id == order_id).values(
-            status=status, updated_at=self.clock.tick()))
+        self.conn.execute(
+            orders.update()
+            .where(orders.c.order_id == order_id)
+            .values(status=status, updated_at=self.clock.tick())
+        )
 
 
 Job = Iterator[None]
@@ -207,8 +276,15 @@ def ship_stock(shop: Shop, worker: str, sku: str, qty: int) -> Job:
     shop.finish_run(run)
 
 
-def receive_stock(shop: Shop, worker: str, sku: str, qty: int, delivery: str,
-                  attempt: int = 1, crash_before_done: bool = False) -> Job:
+def receive_stock(
+    shop: Shop,
+    worker: str,
+    sku: str,
+    qty: int,
+    delivery: str,
+    attempt: int = 1,
+    crash_before_done: bool = False,
+) -> Job:
     """Applies a delivery; the event is idempotent, the counter update is not."""
     run = shop.start_run("receive_stock", worker, attempt, sku=sku)
     shop.set_on_hand(sku, shop.on_hand(sku) + qty)
@@ -246,7 +322,9 @@ class DemoDatabase:
     races: dict[str, str]
 
 
-def build_shop(conn: Connection, seed: int = 7, skus: int = 24, order_count: int = 40) -> dict[str, str]:
+def build_shop(
+    conn: Connection, seed: int = 7, skus: int = 24, order_count: int = 40
+) -> dict[str, str]:
     """Fill an empty shop schema with correct traffic and the four races.
 
     Returns what was broken, by key (for the demo's own explanation).
@@ -258,8 +336,9 @@ def build_shop(conn: Connection, seed: int = 7, skus: int = 24, order_count: int
         conn.execute(inventory.insert().values(sku=sku, on_hand=0, updated_at=shop.clock.stamp()))
         interleave([receive_stock(shop, "w1", sku, rng.randint(20, 60), f"init-{sku}")], "")
     for order_id in range(1001, 1001 + order_count):
-        conn.execute(orders.insert().values(order_id=order_id, status="new",
-                                            updated_at=shop.clock.stamp()))
+        conn.execute(
+            orders.insert().values(order_id=order_id, status="new", updated_at=shop.clock.stamp())
+        )
         shop.order_event(order_id, "new", None)
     # Correct traffic: jobs that do not overlap.
     for _ in range(60):
@@ -283,10 +362,13 @@ def build_shop(conn: Connection, seed: int = 7, skus: int = 24, order_count: int
     interleave([receive_stock(shop, "w1", doubled, 12, "po-retry", 2)], "")
     races[doubled] = "double apply: receive_stock retried after its first attempt had committed"
     # Stale overwrite: a slow mark_paid writes 'paid' after a newer 'shipped'.
-    interleave([
-        set_order_status(shop, "w2", "mark_paid", stale, "paid"),
-        set_order_status(shop, "w3", "mark_shipped", stale, "shipped"),
-    ], "ABB")
+    interleave(
+        [
+            set_order_status(shop, "w2", "mark_paid", stale, "paid"),
+            set_order_status(shop, "w3", "mark_shipped", stale, "shipped"),
+        ],
+        "ABB",
+    )
     races[str(stale)] = "stale overwrite: a slow mark_paid wrote 'paid' over 'shipped'"
     # Missing outbox write: the worker crashed between the event and its message.
     run = shop.start_run("ship_stock", "w2", sku=unannounced)
@@ -295,7 +377,9 @@ def build_shop(conn: Connection, seed: int = 7, skus: int = 24, order_count: int
     shop.finish_run(run)
     races[unannounced] = "missing outbox write: a stock event with no outbox message"
     # An orphan row and a missing row.
-    conn.execute(inventory.insert().values(sku="SKU-GHOST", on_hand=5, updated_at=shop.clock.tick()))
+    conn.execute(
+        inventory.insert().values(sku="SKU-GHOST", on_hand=5, updated_at=shop.clock.tick())
+    )
     races["SKU-GHOST"] = "orphan row: an inventory row that no stock event explains"
     missing = 1001 + order_count
     shop.order_event(missing, "new", None)
@@ -320,4 +404,3 @@ def build_demo(folder: str | Path, seed: int = 7) -> DemoDatabase:
         engine.dispose()
     spec.write_text(SPEC, encoding="utf-8")
     return DemoDatabase(folder=folder, database=database, spec=spec, races=races)
-

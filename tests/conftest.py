@@ -84,13 +84,29 @@ class Backend:
             if url.password:
                 env["PGPASSWORD"] = str(url.password)
             return [
-                "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", url.host or "127.0.0.1",
-                "-p", str(url.port or 5432), "-U", url.username or "postgres",
-                "-d", url.database or "test",
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                url.host or "127.0.0.1",
+                "-p",
+                str(url.port or 5432),
+                "-U",
+                url.username or "postgres",
+                "-d",
+                url.database or "test",
             ], env
         command = [
-            "mariadb", "-h", url.host or "127.0.0.1", "-P", str(url.port or 3306),
-            "-u", url.username or "root", "--default-character-set=utf8mb4",
+            "mariadb",
+            "-h",
+            url.host or "127.0.0.1",
+            "-P",
+            str(url.port or 3306),
+            "-u",
+            url.username or "root",
+            "--default-character-set=utf8mb4",
             url.database or "test",
         ]
         if url.password:
@@ -119,9 +135,11 @@ def _make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
     else:
         admin = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(sa.text(
-                f"CREATE DATABASE `{scratch}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-            ))
+            conn.execute(
+                sa.text(
+                    f"CREATE DATABASE `{scratch}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                )
+            )
         url_obj = make_url(MYSQL_URL).set(database=scratch)
         url_obj = url_obj.update_query_dict({"charset": "utf8mb4"})
     url = url_obj.render_as_string(hide_password=False)

@@ -13,9 +13,14 @@ from typing import Any
 Row = dict[str, Any]
 
 
-def fold(rows: Iterable[Row], fold: str, value: Callable[[Row], Any] | None,
-         where: Callable[[Row], bool] | None = None, order: Callable[[Row], Any] = lambda r: r["id"],
-         initial: Any = None) -> dict[tuple, Any]:
+def fold(
+    rows: Iterable[Row],
+    fold: str,
+    value: Callable[[Row], Any] | None,
+    where: Callable[[Row], bool] | None = None,
+    order: Callable[[Row], Any] = lambda r: r["id"],
+    initial: Any = None,
+) -> dict[tuple, Any]:
     """Fold rows (already carrying a 'key' tuple) per key, like drift's semantics."""
     groups: dict[tuple, list[Row]] = {}
     for row in rows:

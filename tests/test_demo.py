@@ -23,7 +23,9 @@ def test_demo_shop_findings_equal_the_staged_races(backend, tmp_path):
     with backend.engine.connect() as conn:
         events = [dict(r._mapping) for r in conn.execute(sa.select(demo.stock_events))]
         status_events = [dict(r._mapping) for r in conn.execute(sa.select(demo.order_events))]
-        on_hand = dict(conn.execute(sa.select(demo.inventory.c.sku, demo.inventory.c.on_hand)).all())
+        on_hand = dict(
+            conn.execute(sa.select(demo.inventory.c.sku, demo.inventory.c.on_hand)).all()
+        )
         status = dict(conn.execute(sa.select(demo.orders.c.order_id, demo.orders.c.status)).all())
     for e in events:
         e["key"] = (e["sku"],)
@@ -39,8 +41,11 @@ def test_demo_shop_findings_equal_the_staged_races(backend, tmp_path):
             truth.add(("inventory", json.dumps([sku]), None, "missing_row"))
         elif not same(on_hand[sku], value):
             truth.add(("inventory", json.dumps([sku]), "on_hand", "mismatch"))
-    truth |= {("inventory", json.dumps([s]), None, "orphan_row")
-              for s in on_hand if (s,) not in expected_stock}
+    truth |= {
+        ("inventory", json.dumps([s]), None, "orphan_row")
+        for s in on_hand
+        if (s,) not in expected_stock
+    }
     for (order_id,), value in expected_status.items():
         if order_id not in status:
             truth.add(("orders", json.dumps([order_id]), None, "missing_row"))
