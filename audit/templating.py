@@ -20,6 +20,11 @@ import jinja2
 
 
 def templates_dir() -> Path:
+    """The built-in templates: the checkout's folder when running from one,
+    else the copy installed as the package ``audit.templates``."""
+    checkout = Path(__file__).resolve().parents[1] / "templates"
+    if (checkout / "report.html.j2").is_file() and (checkout / "__init__.py").is_file():
+        return checkout
     return Path(str(resources.files("audit.templates")))
 
 
