@@ -19,6 +19,7 @@ from typing import Any
 from audit.errors import AuditFolderError, OutputError
 
 SUMMARY = "summary.json"
+SPEC_COPY = "drift.toml"
 FINDINGS = "findings.parquet"
 REPORT = "report.html"
 
@@ -53,6 +54,13 @@ class AuditFolder:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.staging / SUMMARY, summary)
+
+    def write_spec(self, text: str) -> None:
+        """A copy of the spec the audit used, so the folder is self-describing."""
+        try:
+            (self.staging / SPEC_COPY).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write the spec copy: {exc.strerror}") from None
 
     def commit(self) -> None:
         try:

@@ -95,6 +95,7 @@ def run_audit(
         summary = _audit(spec, url, folder, only_keys, say, started)
         summary["command"] = command
         folder.write_summary(summary)
+        folder.write_spec(spec.text)
         if write_report:
             from audit.report import render_report
 

@@ -94,6 +94,7 @@ class Spec:
     version: int = SUPPORTED_VERSION
     path: Path | None = None
     sha256: str = ""
+    text: str = ""
 
     @property
     def base_dir(self) -> Path:
@@ -135,12 +136,12 @@ def parse_spec(text: str, path: Path | None = None) -> Spec:
         raise SpecError(f"{name}: invalid TOML: {exc}") from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     try:
-        return _parse(data, path, sha)
+        return _parse(data, path, sha, text)
     except SpecError as exc:
         raise SpecError(f"{name}: {exc}") from None
 
 
-def _parse(data: dict[str, Any], path: Path | None, sha: str) -> Spec:
+def _parse(data: dict[str, Any], path: Path | None, sha: str, text: str) -> Spec:
     _check_keys(data, _TOP_KEYS, "")
     version = data.get("version")
     if version is None:
@@ -172,6 +173,7 @@ def _parse(data: dict[str, Any], path: Path | None, sha: str) -> Spec:
         version=version,
         path=path,
         sha256=sha,
+        text=text,
     )
 
 
