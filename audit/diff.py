@@ -129,6 +129,16 @@ def build_diff(
 
 def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Finding]:
     """Execute a diff query and turn each drifted row into findings."""
+    result = conn.execution_options(stream_results=True, yield_per=2000).execute(diff.select)
+    try:
+        yield from _findings(conn, bound, diff, result)
+    finally:
+        result.close()
+
+
+def _findings(
+    conn: Connection, bound: BoundSpec, diff: DiffQuery, result: Any
+) -> Iterator[Finding]:
     entity = diff.entity
     names = [c.spec.name for c in entity.columns]
     n_keys = len(entity.key)
@@ -150,7 +160,6 @@ def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Fi
         )
         pending_dup.clear()
 
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(diff.select)
     for row in result:
         m = row._mapping
         key = tuple(row[:n_keys])

@@ -1,0 +1,275 @@
+"""Every fold, tolerance, NULL rule and finding kind, on SQLite, PostgreSQL and MariaDB.
+
+Each test documents its tiny data set and the exact findings it must produce.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.errors import SpecError
+from tests.shop import audit, brief, load
+
+A1, A2 = ("a", 1), ("a", 2)
+
+EVENTS = [
+    {"k1": "a", "k2": 1, "v": 5, "s": "x", "t": "2026-01-01T00:00:01"},
+    {"k1": "a", "k2": 1, "v": 3, "s": "y", "t": "2026-01-01T00:00:02"},
+    {"k1": "a", "k2": 2, "v": 10, "s": "z", "t": "2026-01-01T00:00:03"},
+]
+CLEAN = [
+    {"k1": "a", "k2": 1, "total": 8, "cnt": 2, "lo": 3, "hi": 5, "first_s": "x", "last_s": "y"},
+    {"k1": "a", "k2": 2, "total": 10, "cnt": 1, "lo": 10, "hi": 10, "first_s": "z", "last_s": "z"},
+]
+
+
+def corrupt(rows, key, **changes):
+    return [dict(r, **changes) if (r["k1"], r["k2"]) == key else dict(r) for r in rows]
+
+
+def test_clean_state_has_no_findings(backend, tmp_path):
+    load(backend, EVENTS, CLEAN)
+    result, rows = audit(backend, tmp_path)
+    assert rows == []
+    assert not result.drift_found
+    assert result.summary["rows_scanned"] == {"entities": {"ent": 2}, "streams": {"ev": 3}}
+    assert result.summary["watermarks"]["ev"]["value"] == [3]
+
+
+@pytest.mark.parametrize(
+    ("column", "wrong", "right"),
+    [
+        ("total", 9, 8),
+        ("cnt", 3, 2),
+        ("lo", 4, 3),
+        ("hi", 4, 5),
+        ("first_s", "y", "x"),
+        ("last_s", "x", "y"),
+    ],
+)
+def test_each_fold_reports_exactly_its_corrupted_column(backend, tmp_path, column, wrong, right):
+    load(backend, EVENTS, corrupt(CLEAN, A1, **{column: wrong}))
+    _, rows = audit(backend, tmp_path)
+    assert brief(rows) == {(A1, column, "mismatch", right, wrong)}
+    (row,) = rows
+    if isinstance(right, int):
+        assert row["delta"] == right - wrong
+    else:
+        assert row["delta"] is None
+    assert row["last_event_at"] == "2026-01-01T00:00:02"
+
+
+def test_null_values_follow_sql_fold_semantics(backend, tmp_path):
+    # (a,1): v = 5, NULL; s = 'x', NULL -> sum 5, count 2 rows, min = max = 5, first 'x',
+    # last NULL (the last row's value, even when NULL).
+    events = [
+        {"k1": "a", "k2": 1, "v": 5, "s": "x"},
+        {"k1": "a", "k2": 1, "v": None, "s": None},
+        {"k1": "a", "k2": 2, "v": None, "s": "z"},
+    ]
+    rows = [
+        {
+            "k1": "a",
+            "k2": 1,
+            "total": 5,
+            "cnt": 2,
+            "lo": 5,
+            "hi": 5,
+            "first_s": "x",
+            "last_s": None,
+        },
+        # (a,2): only NULL values: sum 0, min/max NULL; the table has 0 where NULL is expected.
+        {
+            "k1": "a",
+            "k2": 2,
+            "total": 0,
+            "cnt": 1,
+            "lo": 0,
+            "hi": None,
+            "first_s": "z",
+            "last_s": "z",
+        },
+    ]
+    load(backend, events, rows)
+    _, found = audit(backend, tmp_path)
+    assert brief(found) == {(A2, "lo", "mismatch", None, 0)}
+
+
+def test_null_against_a_value_is_drift_both_ways(backend, tmp_path):
+    load(backend, EVENTS, corrupt(CLEAN, A1, last_s=None, lo=None))
+    _, found = audit(backend, tmp_path)
+    assert brief(found) == {(A1, "last_s", "mismatch", "y", None), (A1, "lo", "mismatch", 3, None)}
+
+
+def test_missing_and_orphan_rows(backend, tmp_path):
+    rows = [
+        CLEAN[0],
+        {"k1": "b", "k2": 7, "total": 1, "cnt": 1, "lo": 1, "hi": 1, "first_s": "q", "last_s": "q"},
+    ]
+    load(backend, EVENTS, rows)
+    _, found = audit(backend, tmp_path)
+    expected_row = (
+        ("cnt", 1),
+        ("first_s", "z"),
+        ("hi", 10),
+        ("last_s", "z"),
+        ("lo", 10),
+        ("total", 10),
+    )
+    orphan_row = (("cnt", 1), ("first_s", "q"), ("hi", 1), ("last_s", "q"), ("lo", 1), ("total", 1))
+    assert brief(found) == {
+        (A2, None, "missing_row", expected_row, "ABSENT"),
+        (("b", 7), None, "orphan_row", "ABSENT", orphan_row),
+    }
+
+
+def test_duplicate_keys_are_reported_never_picked(backend, tmp_path):
+    # No primary key: (a,1) appears twice (one copy is even correct); (a,2) once, correct.
+    rows = [CLEAN[0], corrupt(CLEAN, A1, total=99)[0], CLEAN[1]]
+    load(backend, EVENTS, rows, unique=False)
+    _, found = audit(backend, tmp_path)
+    assert [(r["key"], r["kind"]) for r in found] == [('["a",1]', "duplicate_key")]
+    assert '"total":99' in found[0]["actual"] and '"total":8' in found[0]["actual"]
+    assert found[0]["extra"] == '{"rows":2}'
+
+
+def test_composite_keys_do_not_mix(backend, tmp_path):
+    # Same k1, different k2; and same k2, different k1.
+    events = [*EVENTS, {"k1": "b", "k2": 1, "v": 100, "s": "w"}]
+    rows = [
+        *CLEAN,
+        {
+            "k1": "b",
+            "k2": 1,
+            "total": 100,
+            "cnt": 1,
+            "lo": 100,
+            "hi": 100,
+            "first_s": "w",
+            "last_s": "w",
+        },
+    ]
+    load(backend, events, corrupt(rows, ("b", 1), total=101))
+    _, found = audit(backend, tmp_path)
+    assert brief(found) == {(("b", 1), "total", "mismatch", 100, 101)}
+
+
+TOTAL_WITH = """
+[entities.ent.columns.total]
+stream = "ev"
+fold = "sum"
+value = "v"
+{extra}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "actual", "drift"),
+    [
+        ("tolerance = 2", 10, False),  # |8 - 10| = 2 is within 2
+        ("tolerance = 2", 11, True),
+        ("rel_tolerance = 0.25", 10, False),  # 2 <= 0.25 * 10
+        ("rel_tolerance = 0.1", 9, True),  # 1 > 0.1 * 9 and > 0.1 * 8
+        ("tolerance = 1\nrel_tolerance = 0.1", 9, False),
+        ("tolerance = 1", None, True),  # NULL is never within a tolerance
+    ],
+)
+def test_tolerances(backend, tmp_path, extra, actual, drift):
+    load(backend, EVENTS, corrupt(CLEAN, A1, total=actual))
+    _, found = audit(backend, tmp_path, columns=TOTAL_WITH.format(extra=extra))
+    assert bool(found) == drift
+    if drift:
+        assert brief(found) == {(A1, "total", "mismatch", 8, actual)}
+
+
+def test_where_filters_contributions_and_initial_starts_the_fold(backend, tmp_path):
+    events = [
+        {"k1": "a", "k2": 1, "v": 5, "kind": "in", "s": "x"},
+        {"k1": "a", "k2": 1, "v": 2, "kind": "void", "s": "y"},
+        {"k1": "a", "k2": 2, "v": 7, "kind": "void", "s": "z"},  # explained, contributes nothing
+    ]
+    columns = """
+[entities.ent.columns.total]
+stream = "ev"
+fold = "sum"
+value = "v"
+where = "kind <> 'void'"
+initial = 100
+
+[entities.ent.columns.last_s]
+stream = "ev"
+fold = "last"
+value = "s"
+where = "kind <> 'void'"
+initial = "none"
+"""
+    rows = [
+        {"k1": "a", "k2": 1, "total": 105, "last_s": "x"},
+        {"k1": "a", "k2": 2, "total": 107, "last_s": "z"},
+    ]
+    load(backend, events, rows)
+    _, found = audit(backend, tmp_path, columns=columns)
+    assert brief(found) == {
+        (A2, "total", "mismatch", 100, 107),
+        (A2, "last_s", "mismatch", "none", "z"),
+    }
+
+
+def test_text_comparison_is_exact(backend, tmp_path):
+    # MariaDB's default collation ignores case and trailing spaces; drift must not.
+    events = [
+        {"k1": "a", "k2": 1, "s": "paid"},
+        {"k1": "a", "k2": 2, "s": "paid"},
+        {"k1": "a", "k2": 3, "s": "straße"},
+        {"k1": "a", "k2": 4, "s": "paid"},
+    ]
+    rows = [
+        {"k1": "a", "k2": 1, "last_s": "Paid"},
+        {"k1": "a", "k2": 2, "last_s": "paid "},
+        {"k1": "a", "k2": 3, "last_s": "strasse"},
+        {"k1": "a", "k2": 4, "last_s": "paid"},
+    ]
+    load(backend, events, rows)
+    columns = '[entities.ent.columns.last_s]\nstream = "ev"\nfold = "last"\nvalue = "s"\n'
+    _, found = audit(backend, tmp_path, columns=columns)
+    assert brief(found) == {
+        (("a", 1), "last_s", "mismatch", "paid", "Paid"),
+        (("a", 2), "last_s", "mismatch", "paid", "paid "),
+        (("a", 3), "last_s", "mismatch", "straße", "strasse"),
+    }
+
+
+def test_ties_in_order_by_are_a_spec_error_for_first_and_last(backend, tmp_path):
+    events = [
+        {"k1": "a", "k2": 1, "s": "x", "t": "same"},
+        {"k1": "a", "k2": 1, "s": "y", "t": "same"},
+    ]
+    load(backend, events, [{"k1": "a", "k2": 1, "last_s": "y"}])
+    columns = '[entities.ent.columns.last_s]\nstream = "ev"\nfold = "last"\nvalue = "s"\n'
+    spec_columns = columns
+    from tests import shop
+
+    text = shop.spec_text(backend.url, spec_columns).replace(
+        'order_by = ["id"]', 'order_by = ["t"]'
+    )
+    from audit import parse_spec, run_audit
+
+    with pytest.raises(SpecError, match=r"streams\.ev\.order_by: rows of key \[\"a\",1\] tie"):
+        run_audit(parse_spec(text), out=tmp_path / "a", write_report=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_null_keys_are_reported_per_table(backend, tmp_path):
+    events = [*EVENTS, {"k1": None, "k2": 1, "v": 4}, {"k1": None, "k2": None, "v": 4}]
+    load(backend, events, CLEAN)
+    _, found = audit(backend, tmp_path)
+    assert [(r["kind"], r["key"], r["extra"]) for r in found] == [
+        ("null_key", "[null,null]", '{"rows":2,"table":"ev"}')
+    ]
+
+
+def test_only_keys_restricts_the_audit(backend, tmp_path):
+    rows = corrupt(corrupt(CLEAN, A1, total=0), A2, total=0)
+    load(backend, EVENTS, rows)
+    _, found = audit(backend, tmp_path, only_keys={"ent": [A2]})
+    assert brief(found) == {(A2, "total", "mismatch", 10, 0)}
