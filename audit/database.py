@@ -7,6 +7,7 @@ output uses, and :func:`redact` scrubs a known secret out of any message.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,17 +92,21 @@ def mask_url(url: URL | str) -> str:
 
 def mask_text(text: str) -> str:
     """Best-effort masking of user:password@ in free text that is not a URL."""
-    import re
-
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Remove every known secret (and URL passwords) from a message."""
+    """Remove every known secret (and URL passwords) from a message.
+
+    URL passwords are masked wherever they appear; known secrets are also
+    replaced as plain text, except very short ones (under 4 characters), which
+    would garble the message without protecting anything.
+    """
+    text = mask_text(text)
     for secret in secrets:
-        if secret:
+        if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return mask_text(text)
+    return text
 
 
 def create_engine(url: URL) -> Engine:

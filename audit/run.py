@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, make_url
 
 from audit import __version__
-from audit.database import create_engine, database_errors, mask_url, resolve_url
+from audit.database import create_engine, database_errors, mask_url, redact, resolve_url
 from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
-from audit.errors import DatabaseError
+from audit.errors import DatabaseError, SpecError
 from audit.findings import FindingsWriter, iso
 from audit.output import AuditFolder
 from audit.rebuild import KeyFilter
@@ -92,10 +92,15 @@ def run_audit(
     url, _ = resolve_url(db, spec.database_url, spec.base_dir)
     folder = AuditFolder.create(out)
     try:
-        summary = _audit(spec, url, folder, only_keys, say, started)
-        summary["command"] = command
+        try:
+            summary = _audit(spec, url, folder, only_keys, say, started)
+        except SpecError as err:
+            # Name the spec file, as parse errors do.
+            raise SpecError(f"{spec.path.name}: {err}" if spec.path else str(err)) from None
+        secrets = (url.password, _password(spec.database_url))
+        summary["command"] = redact(command, *secrets) if command else None
         folder.write_summary(summary)
-        folder.write_spec(spec.text)
+        folder.write_spec(redact(spec.text, *secrets))
         if write_report:
             from audit.report import render_report
 
@@ -187,6 +192,16 @@ def _audit(
         timer,
         only_keys,
     )
+
+
+def _password(raw_url: str | None) -> str | None:
+    if not raw_url:
+        return None
+    try:
+        password = make_url(raw_url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL has already been reported
+        return None
+    return str(password) if password else None
 
 
 def _require_sqlite_file(url: URL) -> None:
