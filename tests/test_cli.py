@@ -50,49 +50,72 @@ def test_audit_exit_codes_follow_diff(capsys, sqlite_backend, tmp_path):
     code, out, _ = run(capsys, "audit", "-c", str(spec), "--out", str(tmp_path / "clean"))
     assert code == 0 and "no drift found" in out
     sqlite_backend.execute("UPDATE ent SET total = 3")
-    code, out, err = run(capsys, "-q", "audit", "-c", str(spec), "-o", str(tmp_path / "d"),
-                         "--format", "json")
+    code, out, err = run(
+        capsys, "-q", "audit", "-c", str(spec), "-o", str(tmp_path / "d"), "--format", "json"
+    )
     assert code == 1 and err == ""
     summary = json.loads(out)
     assert summary["counts"]["by_kind"] == {"mismatch": 1}
     assert json.loads((tmp_path / "d" / "summary.json").read_text()) == summary
 
 
-def test_audit_reads_the_url_from_db_option_over_env_over_spec(capsys, demo_db, tmp_path,
-                                                                monkeypatch):
+def test_audit_reads_the_url_from_db_option_over_env_over_spec(
+    capsys, demo_db, tmp_path, monkeypatch
+):
     monkeypatch.setenv("DRIFT_DATABASE_URL", "sqlite:////nonexistent/env.db")
     code, _, err = run(capsys, "audit", "-c", str(demo_db.spec), "-o", str(tmp_path / "a"))
     assert code == 2 and "SQLite database file not found: /nonexistent/env.db" in err
-    code, _, _ = run(capsys, "audit", "-c", str(demo_db.spec), "-o", str(tmp_path / "b"),
-                     "--db", f"sqlite:///{demo_db.database}")
+    code, _, _ = run(
+        capsys,
+        "audit",
+        "-c",
+        str(demo_db.spec),
+        "-o",
+        str(tmp_path / "b"),
+        "--db",
+        f"sqlite:///{demo_db.database}",
+    )
     assert code == 1
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace('table = "stock_events"', 'table = "stock_event"'),
-         "drift: drift.toml: streams.stock.table: table 'stock_event' not found "
-         '(did you mean "stock_events"?)\n'),
-        (lambda t: t.replace('fold = "sum"', 'fold = "sun"'),
-         "drift: drift.toml: entities.inventory.columns.on_hand.fold: unknown fold 'sun' "
-         '(did you mean "sum"?); use one of sum, count, min, max, first, last\n'),
-        (lambda t: t.replace('key = ["sku"]', 'kye = ["sku"]', 1),
-         "drift: drift.toml: streams.stock: unknown key 'kye' (did you mean \"key\"?)\n"),
-        (lambda t: t.replace("sqlite:///shop.db", "sqlite:///nope.db"),
-         "drift: SQLite database file not found: {folder}/nope.db\n"),
-        (lambda t: t.replace("sqlite:///shop.db", "oracle://scott@db/x"),
-         "drift: unsupported database 'oracle': drift supports postgresql, mysql/mariadb and "
-         "sqlite\n"),
-        (lambda t: t.replace("sqlite:///shop.db", "not a url"),
-         "drift: invalid database URL: not a url\n"),
+        (
+            lambda t: t.replace('table = "stock_events"', 'table = "stock_event"'),
+            "drift: drift.toml: streams.stock.table: table 'stock_event' not found "
+            '(did you mean "stock_events"?)\n',
+        ),
+        (
+            lambda t: t.replace('fold = "sum"', 'fold = "sun"'),
+            "drift: drift.toml: entities.inventory.columns.on_hand.fold: unknown fold 'sun' "
+            '(did you mean "sum"?); use one of sum, count, min, max, first, last\n',
+        ),
+        (
+            lambda t: t.replace('key = ["sku"]', 'kye = ["sku"]', 1),
+            "drift: drift.toml: streams.stock: unknown key 'kye' (did you mean \"key\"?)\n",
+        ),
+        (
+            lambda t: t.replace("sqlite:///shop.db", "sqlite:///nope.db"),
+            "drift: SQLite database file not found: {folder}/nope.db\n",
+        ),
+        (
+            lambda t: t.replace("sqlite:///shop.db", "oracle://scott@db/x"),
+            "drift: unsupported database 'oracle': drift supports postgresql, mysql/mariadb and "
+            "sqlite\n",
+        ),
+        (
+            lambda t: t.replace("sqlite:///shop.db", "not a url"),
+            "drift: invalid database URL: not a url\n",
+        ),
     ],
 )
 def test_errors_are_one_line_exit_2_and_write_nothing(capsys, demo_db, tmp_path, edit, message):
     demo_db.spec.write_text(edit(demo_db.spec.read_text()))
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = run(capsys, "-q", "audit", "-c", str(demo_db.spec), "-o",
-                         str(tmp_path / "out"))
+    code, out, err = run(
+        capsys, "-q", "audit", "-c", str(demo_db.spec), "-o", str(tmp_path / "out")
+    )
     assert code == 2
     assert out == ""
     assert err == message.format(folder=demo_db.folder)
@@ -109,8 +132,16 @@ def test_existing_output_folder_is_refused(capsys, demo_db, tmp_path):
 
 def test_unreachable_server_and_password_never_shown(capsys, demo_db, tmp_path):
     secret = "Sup3r-S3cret"
-    code, out, err = run(capsys, "audit", "-c", str(demo_db.spec), "-o", str(tmp_path / "o"),
-                         "--db", f"postgresql://alice:{secret}@127.0.0.1:1/shop")
+    code, out, err = run(
+        capsys,
+        "audit",
+        "-c",
+        str(demo_db.spec),
+        "-o",
+        str(tmp_path / "o"),
+        "--db",
+        f"postgresql://alice:{secret}@127.0.0.1:1/shop",
+    )
     assert code == 2
     assert err.startswith("drift: cannot connect (postgresql+psycopg://alice:***@127.0.0.1:1/shop)")
     assert err.count("\n") == 1 + err.count("drift: reading")  # one error line
@@ -144,8 +175,13 @@ def test_report_rerenders_without_a_database(capsys, demo_db, tmp_path):
 
 
 def test_console_script_is_installed(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "drift", "demo", "--dir", str(tmp_path / "d")],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "drift", "demo", "--dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "drift: 5 finding(s)" in proc.stdout
 
@@ -177,11 +213,20 @@ def test_passwords_never_reach_any_output_file(capsys, tmp_path, server):
             url_text = url.render_as_string(hide_password=False)
             spec = tmp_path / "drift.toml"
             spec.write_text(spec_text(url_text, TOTAL))
-            code, out, err = run(capsys, "audit", "-c", str(spec), "-o", str(tmp_path / "out"),
-                                 "--db", url_text)
+            code, out, err = run(
+                capsys, "audit", "-c", str(spec), "-o", str(tmp_path / "out"), "--db", url_text
+            )
             assert code == 1
-            code2, out2, err2 = run(capsys, "audit", "-c", str(spec), "-o", str(tmp_path / "o2"),
-                                    "--db", url_text.replace(secret, secret + "x"))
+            code2, out2, err2 = run(
+                capsys,
+                "audit",
+                "-c",
+                str(spec),
+                "-o",
+                str(tmp_path / "o2"),
+                "--db",
+                url_text.replace(secret, secret + "x"),
+            )
             if server == "mysql":  # PostgreSQL trusts local logins, MariaDB checks passwords
                 assert code2 == 2 and "Access denied" in err2
             texts = [out, err, out2, err2]
@@ -208,8 +253,9 @@ def test_audit_never_writes_to_the_database(backend, tmp_path):
     """The audited database is byte-for-byte (SQLite) or row-for-row unchanged."""
     load(backend, [{"k1": "a", "k2": 1, "v": 2}], [{"k1": "a", "k2": 1, "total": 5}])
     before = _dump(backend)
-    sqlite_bytes = Path(make_url(backend.url).database).read_bytes() if backend.name == "sqlite" \
-        else None
+    sqlite_bytes = (
+        Path(make_url(backend.url).database).read_bytes() if backend.name == "sqlite" else None
+    )
     spec = tmp_path / "drift.toml"
     spec.write_text(spec_text(backend.url, TOTAL))
     assert main(["-q", "audit", "-c", str(spec), "-o", str(tmp_path / "o")]) == 1
@@ -221,5 +267,7 @@ def test_audit_never_writes_to_the_database(backend, tmp_path):
 def _dump(backend):
     with backend.engine.connect() as conn:
         names = sa.inspect(conn).get_table_names()
-        return {n: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {n}")).all()),
-                          key=repr) for n in names}
+        return {
+            n: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {n}")).all()), key=repr)
+            for n in names
+        }

@@ -28,24 +28,32 @@ COLUMNS = {  # column -> (fold, value of an event row)
     "last_s": ("last", lambda r: r["s"]),
 }
 
-event = st.fixed_dictionaries({
-    "key": st.sampled_from(KEYS),
-    "v": st.one_of(st.none(), st.integers(-1000, 1000)),
-    "s": st.one_of(st.none(), st.sampled_from(["x", "y", "Z", "é", "😀"])),
-})
-corruption = st.tuples(st.sampled_from(list(COLUMNS)),
-                       st.one_of(st.none(), st.integers(-5, 5), st.sampled_from(["x", "q"])))
+event = st.fixed_dictionaries(
+    {
+        "key": st.sampled_from(KEYS),
+        "v": st.one_of(st.none(), st.integers(-1000, 1000)),
+        "s": st.one_of(st.none(), st.sampled_from(["x", "y", "Z", "é", "😀"])),
+    }
+)
+corruption = st.tuples(
+    st.sampled_from(list(COLUMNS)),
+    st.one_of(st.none(), st.integers(-5, 5), st.sampled_from(["x", "q"])),
+)
 
-case = st.fixed_dictionaries({
-    "events": st.lists(event, max_size=25),
-    "present": st.sets(st.sampled_from(KEYS)),
-    "corrupt": st.dictionaries(st.sampled_from(KEYS), st.lists(corruption, max_size=3)),
-})
+case = st.fixed_dictionaries(
+    {
+        "events": st.lists(event, max_size=25),
+        "present": st.sets(st.sampled_from(KEYS)),
+        "corrupt": st.dictionaries(st.sampled_from(KEYS), st.lists(corruption, max_size=3)),
+    }
+)
 
 
 def truth_and_rows(data):
-    events = [{"id": i, "k1": e["key"][0], "k2": e["key"][1], "v": e["v"], "s": e["s"],
-               "key": e["key"]} for i, e in enumerate(data["events"], 1)]
+    events = [
+        {"id": i, "k1": e["key"][0], "k2": e["key"][1], "v": e["v"], "s": e["s"], "key": e["key"]}
+        for i, e in enumerate(data["events"], 1)
+    ]
     expected = {name: fold(events, f, value) for name, (f, value) in COLUMNS.items()}
     explained = {e["key"] for e in events}
     rows, truth = [], set()
@@ -78,8 +86,9 @@ def check(backend, data):
     with backend.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS ent"))
         conn.execute(sa.text("DROP TABLE IF EXISTS ev"))
-    shop.load(backend, [{k: v for k, v in e.items() if k not in ("id", "key")} for e in events],
-              rows)
+    shop.load(
+        backend, [{k: v for k, v in e.items() if k not in ("id", "key")} for e in events], rows
+    )
     spec = parse_spec(shop.spec_text(backend.url))
     with tempfile.TemporaryDirectory() as tmp:
         result = run_audit(spec, out=Path(tmp) / "a", write_report=False)
@@ -95,13 +104,17 @@ def check(backend, data):
             assert same(json.loads(r["expected"]), naive)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=case)
 def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data):
     check(sqlite_backend, data)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=case)
 def test_random_corruption_is_found_exactly_on_servers(server_backend, data):
     check(server_backend, data)

@@ -30,7 +30,11 @@ def test_a_good_spec_parses_into_frozen_dataclasses():
     spec = parse_spec(GOOD)
     column = spec.entities["inventory"].columns["on_hand"]
     assert (column.stream, column.fold, column.value, column.section) == (
-        "stock", "sum", "qty", "entities.inventory.columns.on_hand")
+        "stock",
+        "sum",
+        "qty",
+        "entities.inventory.columns.on_hand",
+    )
     assert spec.streams["stock"].key == ("sku",)
     assert len(spec.sha256) == 64
     with pytest.raises(AttributeError):
@@ -42,29 +46,51 @@ BROKEN = [
     (GOOD.replace("version = 1", "version = 2"), r"version: 2 is not supported"),
     (GOOD.replace("version = 1", ""), r"version: missing"),
     (GOOD + "\n[entitys.x]\n", r'unknown section \'entitys\' \(did you mean "entities"\?\)'),
-    (GOOD.replace('fold = "sum"', 'fodl = "sum"'),
-     r'entities\.inventory\.columns\.on_hand: unknown key \'fodl\' \(did you mean "fold"\?\)'),
-    (GOOD.replace('fold = "sum"', 'fold = "summ"'),
-     r'entities\.inventory\.columns\.on_hand\.fold: unknown fold \'summ\' \(did you mean "sum"\?\)'),
-    (GOOD.replace('stream = "stock"', 'stream = "stok"'),
-     r'entities\.inventory\.columns\.on_hand\.stream: unknown stream \'stok\' '
-     r'\(did you mean "stock"\?\)'),
-    (GOOD.replace('order_by = ["id"]', 'order_by = []'),
-     r"streams\.stock\.order_by: must be a non-empty list"),
-    (GOOD.replace('key = ["sku"]\norder_by', 'key = ["sku", "warehouse"]\norder_by'),
-     r"entities\.inventory\.columns\.on_hand\.stream: stream 'stock' has a key of 2 column\(s\) "
-     r"but entity 'inventory' has 1"),
+    (
+        GOOD.replace('fold = "sum"', 'fodl = "sum"'),
+        r'entities\.inventory\.columns\.on_hand: unknown key \'fodl\' \(did you mean "fold"\?\)',
+    ),
+    (
+        GOOD.replace('fold = "sum"', 'fold = "summ"'),
+        r"entities\.inventory\.columns\.on_hand\.fold: unknown fold 'summ' "
+        r'\(did you mean "sum"\?\)',
+    ),
+    (
+        GOOD.replace('stream = "stock"', 'stream = "stok"'),
+        r"entities\.inventory\.columns\.on_hand\.stream: unknown stream \'stok\' "
+        r'\(did you mean "stock"\?\)',
+    ),
+    (
+        GOOD.replace('order_by = ["id"]', "order_by = []"),
+        r"streams\.stock\.order_by: must be a non-empty list",
+    ),
+    (
+        GOOD.replace('key = ["sku"]\norder_by', 'key = ["sku", "warehouse"]\norder_by'),
+        r"entities\.inventory\.columns\.on_hand\.stream: stream 'stock' has a key of 2 column\(s\) "
+        r"but entity 'inventory' has 1",
+    ),
     (GOOD.replace('value = "qty"', ""), r"entities\.inventory\.columns\.on_hand\.value: required"),
-    (GOOD.replace('value = "qty"', 'value = "qty"\ntolerance = -1'),
-     r"on_hand\.tolerance: must be a number >= 0"),
-    (GOOD.replace('value = "qty"', 'value = "qty"\ninitial = "ten"'),
-     r"on_hand\.initial: fold = 'sum' needs a numeric initial value"),
-    (GOOD.replace('table = "stock_events"', 'tabel = "stock_events"'),
-     r'streams\.stock: unknown key \'tabel\' \(did you mean "table"\?\)'),
+    (
+        GOOD.replace('value = "qty"', 'value = "qty"\ntolerance = -1'),
+        r"on_hand\.tolerance: must be a number >= 0",
+    ),
+    (
+        GOOD.replace('value = "qty"', 'value = "qty"\ninitial = "ten"'),
+        r"on_hand\.initial: fold = 'sum' needs a numeric initial value",
+    ),
+    (
+        GOOD.replace('table = "stock_events"', 'tabel = "stock_events"'),
+        r'streams\.stock: unknown key \'tabel\' \(did you mean "table"\?\)',
+    ),
     ("version = 1\n[entities.x]\ntable='t'\nkey=['k']\n", r"streams: at least one stream"),
-    (GOOD.replace('[entities.inventory.columns.on_hand]\nstream = "stock"\nfold = "sum"\n'
-                  'value = "qty"\n', ""), r"entities\.inventory\.columns: at least one"),
-    (GOOD + '\n[database]\nurl = 5\n', r"database\.url: must be a non-empty string"),
+    (
+        GOOD.replace(
+            '[entities.inventory.columns.on_hand]\nstream = "stock"\nfold = "sum"\nvalue = "qty"\n',
+            "",
+        ),
+        r"entities\.inventory\.columns: at least one",
+    ),
+    (GOOD + "\n[database]\nurl = 5\n", r"database\.url: must be a non-empty string"),
     ("streams = 3\nversion = 1", r"streams: must be a table"),
 ]
 
@@ -77,18 +103,35 @@ def test_broken_specs_are_one_line_errors(text, message):
 
 
 SCHEMA_ERRORS = [
-    ('table = "ev"', 'table = "evs"', r"streams\.ev\.table: table 'evs' not found \(did you mean "
-                                      r'"ev"\?\)'),
-    ('key = ["k1", "k2"]\norder_by', 'key = ["k1", "kk2"]\norder_by',
-     r"streams\.ev\.key: column 'kk2' not found in table 'ev' \(did you mean \"k2\"\?\)"),
+    (
+        'table = "ev"',
+        'table = "evs"',
+        r"streams\.ev\.table: table 'evs' not found \(did you mean "
+        r'"ev"\?\)',
+    ),
+    (
+        'key = ["k1", "k2"]\norder_by',
+        'key = ["k1", "kk2"]\norder_by',
+        r"streams\.ev\.key: column 'kk2' not found in table 'ev' \(did you mean \"k2\"\?\)",
+    ),
     ('value = "v"', 'value = "vv"', r"entities\.ent\.columns\.total\.value: column 'vv' not found"),
-    ('value = "v"', 'value = "v +* 2"',
-     r"entities\.ent\.columns\.total\.value: the database rejects it"),
-    ('value = "v"', 'value = "s"', r"total\.value: fold 'sum' needs numbers, but column 's' "
-                                   r"holds text"),
-    ("[entities.ent.columns.total]", "[entities.ent.columns.totl]",
-     r"entities\.ent\.columns\.totl: column 'totl' not found in table 'ent' \(did you mean "
-     r'"total"\?\)'),
+    (
+        'value = "v"',
+        'value = "v +* 2"',
+        r"entities\.ent\.columns\.total\.value: the database rejects it",
+    ),
+    (
+        'value = "v"',
+        'value = "s"',
+        r"total\.value: fold 'sum' needs numbers, but column 's' "
+        r"holds text",
+    ),
+    (
+        "[entities.ent.columns.total]",
+        "[entities.ent.columns.totl]",
+        r"entities\.ent\.columns\.totl: column 'totl' not found in table 'ent' \(did you mean "
+        r'"total"\?\)',
+    ),
 ]
 
 TOTAL = '\n[entities.ent.columns.total]\nstream = "ev"\nfold = "sum"\nvalue = "v"\n'
