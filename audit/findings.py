@@ -130,9 +130,14 @@ def numeric_delta(expected: Any, actual: Any) -> float | None:
     if not (_is_number(expected) and _is_number(actual)):
         return None
     try:
-        return float(Decimal(expected) - Decimal(actual))
+        # Floats go through their shortest repr, the same digits as their JSON text.
+        return float(_decimal(expected) - _decimal(actual))
     except (ArithmeticError, ValueError):
         return None
+
+
+def _decimal(value: int | float | Decimal) -> Decimal:
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
 
 def _is_number(value: Any) -> bool:

@@ -23,7 +23,7 @@ ev = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("k1", sa.String(64)),
     sa.Column("k2", sa.Integer),
-    sa.Column("v", sa.Integer),
+    sa.Column("v", sa.BigInteger),
     sa.Column("s", sa.String(64)),
     sa.Column("kind", sa.String(16)),
     sa.Column("t", sa.String(32)),

@@ -273,3 +273,86 @@ def test_only_keys_restricts_the_audit(backend, tmp_path):
     load(backend, EVENTS, rows)
     _, found = audit(backend, tmp_path, only_keys={"ent": [A2]})
     assert brief(found) == {(A2, "total", "mismatch", 10, 0)}
+
+
+def test_columns_from_different_streams(backend, tmp_path):
+    """One entity, two streams: a key explained by either stream is not an orphan."""
+    import sqlalchemy as sa
+
+    md = sa.MetaData()
+    ev2 = sa.Table(
+        "ev2",
+        md,
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("a", sa.String(64)),
+        sa.Column("b", sa.Integer),
+        sa.Column("label", sa.String(64)),
+    )
+    # (a,1): total from ev = 8, last_s from ev2 = 'new'; (c,9) only in ev2: total rebuilds
+    # to 0 (initial); (a,2) only in ev: last_s rebuilds to NULL.
+    rows = [
+        {"k1": "a", "k2": 1, "total": 8, "last_s": "new"},
+        {"k1": "c", "k2": 9, "total": 0, "last_s": "old"},
+        {"k1": "a", "k2": 2, "total": 10, "last_s": None},
+    ]
+    load(backend, EVENTS, rows)
+    with backend.engine.begin() as conn:
+        ev2.create(conn)
+        conn.execute(
+            ev2.insert(),
+            [
+                {"seq": 1, "a": "a", "b": 1, "label": "old"},
+                {"seq": 2, "a": "a", "b": 1, "label": "new"},
+                {"seq": 3, "a": "c", "b": 9, "label": "new"},
+            ],
+        )
+    columns = """
+[entities.ent.columns.total]
+stream = "ev"
+fold = "sum"
+value = "v"
+
+[entities.ent.columns.last_s]
+stream = "labels"
+fold = "last"
+value = "label"
+"""
+    extra = '\n[streams.labels]\ntable = "ev2"\nkey = ["a", "b"]\norder_by = ["seq"]\n'
+    _, found = audit(backend, tmp_path, columns=columns + extra)
+    assert brief(found) == {(("c", 9), "last_s", "mismatch", "new", "old")}
+
+
+def test_decimals_and_huge_numbers_are_exact(backend, tmp_path):
+    import sqlalchemy as sa
+
+    md = sa.MetaData()
+    ent = sa.Table(
+        "ent",
+        md,
+        sa.Column("k1", sa.String(64), primary_key=True),
+        sa.Column("k2", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("total", sa.Numeric(38, 4)),
+    )
+    events = [
+        {"k1": "a", "k2": 1, "v": 2**40},
+        {"k1": "a", "k2": 1, "v": 2**40},
+        {"k1": "a", "k2": 2, "v": 1},
+    ]
+    rows = [{"k1": "a", "k2": 1, "total": 2**41 + 1}, {"k1": "a", "k2": 2, "total": 1}]
+    load(backend, events, rows, table=ent)
+    columns = '[entities.ent.columns.total]\nstream = "ev"\nfold = "sum"\nvalue = "v * 1.0001"\n'
+    _, found = audit(backend, tmp_path, columns=columns)
+    assert len(found) == 2
+    by_key = {r["key"]: r for r in found}
+    from decimal import Decimal
+
+    big = by_key['["a",1]']
+    exact = Decimal(2**41) * Decimal("1.0001")  # 2199243157877.5552
+    if backend.name == "sqlite":  # SQLite has no decimal type: REAL, 15-17 digits
+        assert float(big["expected"]) == float(exact)
+    else:
+        assert Decimal(big["expected"]) == exact
+    assert Decimal(big["actual"]) == Decimal(2**41 + 1)
+    assert big["delta"] == float(Decimal(big["expected"]) - (2**41 + 1))
+    small = by_key['["a",2]']
+    assert Decimal(small["expected"]) - Decimal(small["actual"]) == Decimal("0.0001")
