@@ -120,7 +120,11 @@ def create_engine(url: URL) -> Engine:
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": 30}
     elif backend == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": 10}
+        # Named, so a DBA sees drift in pg_stat_activity (a URL may override it).
+        connect_args: dict[str, object] = {"connect_timeout": 10}
+        if "application_name" not in url.query:
+            connect_args["application_name"] = "drift"
+        kwargs["connect_args"] = connect_args
     elif backend == "mysql":
         kwargs["connect_args"] = {"connect_timeout": 10, "charset": "utf8mb4"}
     try:

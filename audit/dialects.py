@@ -37,6 +37,11 @@ class Dialect:
         """Null-safe 'a and b are not the same value'; exact for text."""
         return a.is_distinct_from(b)
 
+    def non_numeric(self, value: ColumnElement) -> ColumnElement | None:
+        """True for a value a sum would silently treat as 0; None when the engine
+        itself rejects such sums (or offers no way to tell)."""
+        return None
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -109,6 +114,10 @@ class SQLiteDialect(Dialect):
         if text:
             b = sa.collate(b, "BINARY")
         return a.is_distinct_from(b)
+
+    def non_numeric(self, value: ColumnElement) -> ColumnElement | None:
+        # SQLite's SUM reads 'abc' as 0: values must really be numbers.
+        return sa.func.typeof(value).in_(["text", "blob"])
 
 
 _DIALECTS: dict[str, type[Dialect]] = {

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit.dialects import Dialect
-from audit.errors import SpecError
+from audit.errors import DataError, SpecError
 from audit.findings import (
     ABSENT,
     DUPLICATE_KEY,
@@ -61,7 +61,7 @@ def build_diff(
     bound: BoundSpec, entity: BoundEntity, dialect: Dialect, only_keys: KeyFilter | None = None
 ) -> DiffQuery:
     """The drift query for one entity."""
-    folds = build_folds(bound, entity, only_keys)
+    folds = build_folds(bound, entity, only_keys, dialect)
     labels = key_labels(len(entity.key))
 
     current_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(entity.key, labels)]
@@ -105,6 +105,7 @@ def build_diff(
     cols += [current.c[f"a{i}"] for i in range(len(entity.columns))]
     cols += [current.c.present] + ([current.c.dup] if has_dup else []) + flags
     cols += [f.label(f"tie{i}") for i, f in folds.tie_flags.items()]
+    cols += [f.label(f"nonnumeric{i}") for i, f in folds.non_numeric_flags.items()]
     streams = list(folds.aggregates)
     cols += [f.label(f"nullorder{streams.index(s)}") for s, f in folds.null_order_flags.items()]
 
@@ -114,6 +115,7 @@ def build_diff(
         sa.and_(present, sa.not_(explained)),
         sa.and_(explained, present, sa.or_(*differs)),
         *(f == 1 for f in folds.tie_flags.values()),
+        *(f > 0 for f in folds.non_numeric_flags.values()),
         *(f > 0 for f in folds.null_order_flags.values()),
     ]
     if has_dup:
@@ -239,6 +241,13 @@ def _check_order(m: Any, entity: BoundEntity, bound: BoundSpec) -> None:
                 f"{stream.section}.order_by: rows of key {key_to_json(key)} tie on "
                 f"{', '.join(stream.order_by)}; {column.spec.section} (fold = "
                 f"{column.spec.fold!r}) needs a total order"
+            )
+    for i, column in enumerate(entity.columns):
+        bad = m.get(f"nonnumeric{i}") or 0
+        if bad > 0:
+            raise DataError(
+                f"{column.spec.section}.value: {bad} row(s) of key {key_to_json(key)} in stream "
+                f"{column.spec.stream!r} are not numbers; fold 'sum' would count them as 0"
             )
     for j, name in enumerate(dict.fromkeys(c.spec.stream for c in entity.columns)):
         nulls = m.get(f"nullorder{j}") or 0

@@ -32,6 +32,10 @@ class DatabaseError(DriftError):
     """The database could not be reached or answered with an error."""
 
 
+class DataError(DriftError):
+    """The data cannot be audited as the spec says (e.g. text summed as numbers)."""
+
+
 class OutputError(DriftError):
     """An output folder or file could not be written or read back."""
 

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
+from audit.dialects import Dialect
 from audit.schema import BoundColumn, BoundEntity, BoundSpec, BoundStream
 
 KeyFilter = Sequence[tuple[Any, ...]]
@@ -41,6 +42,7 @@ class EntityFolds:
     expected: list[ColumnElement] = field(default_factory=list)  # by column index
     tie_flags: dict[int, ColumnElement] = field(default_factory=dict)  # by column index
     null_order_flags: dict[str, ColumnElement] = field(default_factory=dict)  # by stream
+    non_numeric_flags: dict[int, ColumnElement] = field(default_factory=dict)  # by column
 
 
 def key_labels(n: int) -> list[str]:
@@ -66,6 +68,7 @@ def _aggregate(
     first_last: bool,
     only_keys: KeyFilter | None,
     alias: str,
+    dialect: Dialect,
 ) -> Subquery:
     labels = key_labels(len(stream.key))
     selected: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
@@ -77,6 +80,13 @@ def _aggregate(
         else:
             func = getattr(sa.func, fold)
             selected.append(func(_contributing(column, column.value)).label(f"c{index}"))
+            bad = dialect.non_numeric(column.value) if fold == "sum" else None
+            if bad is not None:
+                flag = sa.case(
+                    (sa.and_(bad, column.where if column.where is not None else sa.true()), 1),
+                    else_=0,
+                )
+                selected.append(sa.func.sum(flag).label(f"bad{index}"))
     selected.append(sa.func.count().label("n"))
     if stream.time is not None:
         selected.append(sa.func.max(stream.time).label("t"))
@@ -119,7 +129,9 @@ def _window(
     return outer.subquery(f"fl{index}")
 
 
-def build_folds(bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | None) -> EntityFolds:
+def build_folds(
+    bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | None, dialect: Dialect
+) -> EntityFolds:
     """Compile every fold of an entity into subqueries."""
     folds = EntityFolds()
     by_stream: dict[str, list[tuple[int, BoundColumn]]] = {}
@@ -129,9 +141,13 @@ def build_folds(bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | No
         stream = bound.streams[stream_name]
         aggregated = [(i, c) for i, c in columns if c.spec.fold not in ("first", "last")]
         has_first_last = len(aggregated) != len(columns)
-        folds.aggregates[stream_name] = _aggregate(
-            stream, aggregated, has_first_last, only_keys, f"agg{position}"
+        aggregate = _aggregate(
+            stream, aggregated, has_first_last, only_keys, f"agg{position}", dialect
         )
+        folds.aggregates[stream_name] = aggregate
+        for index, _column in aggregated:
+            if f"bad{index}" in aggregate.c:
+                folds.non_numeric_flags[index] = aggregate.c[f"bad{index}"]
         if has_first_last:
             folds.null_order_flags[stream_name] = folds.aggregates[stream_name].c.null_order
         for index, column in columns:

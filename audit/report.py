@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from audit.errors import OutputError
+from audit.errors import AuditFolderError, OutputError
 from audit.findings import ROW_KINDS
 from audit.output import FINDINGS, REPORT, read_summary
 from audit.templating import html_environment
@@ -23,11 +24,14 @@ DEFAULT_TOP = 2000
 
 def top_findings(folder: Path, limit: int = DEFAULT_TOP) -> tuple[list[dict[str, Any]], int]:
     """The findings a reviewer sees first: row-level kinds, then by |delta|."""
-    table = pq.read_table(str(folder / FINDINGS))
+    try:
+        table = pq.read_table(str(folder / FINDINGS))
+    except (OSError, pa.ArrowException) as err:
+        raise AuditFolderError(f"{folder / FINDINGS} is unreadable or truncated: {err}") from None
     total = table.num_rows
     if total == 0:
         return [], 0
-    row_level = pc.is_in(table["kind"], value_set=__import__("pyarrow").array(ROW_KINDS))
+    row_level = pc.is_in(table["kind"], value_set=pa.array(ROW_KINDS))
     table = table.append_column("_row_level", pc.cast(row_level, "int8"))
     table = table.append_column("_abs", pc.fill_null(pc.abs(table["delta"]), -1.0))
     table = table.sort_by(

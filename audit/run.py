@@ -26,7 +26,7 @@ from audit import __version__
 from audit.database import create_engine, database_errors, mask_url, redact, resolve_url
 from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
-from audit.errors import DatabaseError, SpecError
+from audit.errors import DatabaseError, OutputError, SpecError
 from audit.findings import FindingsWriter, iso
 from audit.output import AuditFolder
 from audit.rebuild import KeyFilter
@@ -107,6 +107,15 @@ def run_audit(
             say("rendering the report")
             render_report(folder.staging)
         folder.commit()
+    except OSError as err:
+        folder.abandon()
+        raise OutputError(
+            f"cannot write the audit folder {folder.path}: {err.strerror or err}"
+        ) from err
+    except OutputError as err:
+        folder.abandon()
+        # Name the folder the user asked for, not the hidden staging folder.
+        raise OutputError(str(err).replace(str(folder.staging), str(folder.path))) from err
     except BaseException:
         folder.abandon()
         raise
