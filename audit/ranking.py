@@ -26,9 +26,7 @@ def top_indices(table: pa.Table, limit: int) -> pa.Array:
         return pa.array([], type=pa.uint64())
     order = pa.table(
         {
-            "row_level": pc.cast(
-                pc.is_in(table["kind"], value_set=pa.array(ROW_KINDS)), pa.int8()
-            ),
+            "row_level": pc.cast(pc.is_in(table["kind"], value_set=pa.array(ROW_KINDS)), pa.int8()),
             "abs_delta": pc.fill_null(pc.abs(table["delta"]), -1.0),
             "entity": table["entity"],
             "key": table["key"],
