@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ from markupsafe import Markup
 from audit.charts import BarChart, delta_bins, describe_width, layout, time_bins
 from audit.database import mask_text
 from audit.errors import OutputError
-from audit.evidence import EVIDENCE, EVIDENCE_KEYS
+from audit.evidence import EVIDENCE, EVIDENCE_KEYS, ROWS_PER_KEY
 from audit.export import FINDINGS_CSV, write_findings_csv
 from audit.findings import KINDS, ROW_KINDS, from_json, to_json
 from audit.output import FINDINGS, REPORT, read_summary
@@ -46,6 +46,10 @@ from audit.templating import html_environment
 
 DEFAULT_TOP = 2000
 CLIP = 300
+# Stream rows embedded in the HTML in all: per key and stream, as many of the
+# collected rows as fit (at least MIN_EVIDENCE_ROWS), keeping the file small.
+HTML_EVIDENCE_ROWS = 20_000
+MIN_EVIDENCE_ROWS = 5
 CAUSES = ("lost_update", "double_apply", "stale_overwrite", "unexplained_write", "unknown")
 PLAN_FILE = Path("plan") / "plan.json"
 APPROVALS_FILE = Path("plan") / "approvals.json"
@@ -54,9 +58,12 @@ APPROVALS_FILE = Path("plan") / "approvals.json"
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class Cell:
-    """A value as displayed: text (clipped), and whether it is SQL NULL."""
+class Cell(NamedTuple):
+    """A value as displayed: text (clipped), and whether it is SQL NULL.
+
+    A named tuple rather than a dataclass: the report builds a few hundred
+    thousand of them for a large audit.
+    """
 
     text: str
     null: bool = False
@@ -75,6 +82,7 @@ class StreamEvidence:
     columns: tuple[str, ...]
     roles: dict[str, str]  # column name -> "key" / "order_by" / "time"
     rows: tuple[tuple[Cell, ...], ...]
+    collected: int  # rows in evidence.parquet for this key and source
 
 
 @dataclass(frozen=True)
@@ -243,9 +251,10 @@ def safe_json(data: Any) -> Markup:
 
 
 def clip(text: str, limit: int = CLIP) -> Cell:
-    if len(text) <= limit:
-        return Cell(text, full_length=len(text))
-    return Cell(text[:limit] + "…", full_length=len(text))
+    length = len(text)
+    if length <= limit:
+        return Cell(text, False, length)
+    return Cell(text[:limit] + "…", False, length)
 
 
 def json_cell(json_text: str | None) -> Cell:
@@ -385,13 +394,15 @@ def _read_evidence(folder: Path, pairs: set[tuple[str, str]]) -> dict[tuple[str,
     return found
 
 
-def _stream_evidence(rows: list[dict[str, Any]]) -> tuple[StreamEvidence, ...]:
+def _stream_evidence(
+    rows: list[dict[str, Any]], per_source: int
+) -> tuple[StreamEvidence, ...]:
     by_source: dict[str, list[dict[str, Any]]] = {}
     for row in sorted(rows, key=lambda r: (r["source"], r["position"])):
         by_source.setdefault(row["source"], []).append(row)
     out = []
     for source, items in by_source.items():
-        decoded = [from_json(r["row"]) for r in items]
+        decoded = [from_json(r["row"]) for r in items[:per_source]]
         columns: dict[str, None] = {}
         for d in decoded:
             if isinstance(d, dict):
@@ -417,6 +428,7 @@ def _stream_evidence(rows: list[dict[str, Any]]) -> tuple[StreamEvidence, ...]:
                     )
                     for d in decoded
                 ),
+                collected=len(items),
             )
         )
     return tuple(out)
@@ -541,8 +553,24 @@ def _delta_charts(table: pa.Table) -> tuple[BarChart, ...]:
 _FIRST_DIVERGENCE = r'"first_divergence_at"\s*:\s*"(?P<t>[^"\\]*)"'
 
 
+def _epoch_seconds(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """ISO text to UTC epoch seconds (NaN where not a time); each distinct text parsed once."""
+    import pandas as pd
+
+    distinct = pc.unique(times)
+    parsed = pd.to_datetime(distinct.to_pandas(), utc=True, format="ISO8601", errors="coerce")
+    seconds = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ms]").astype(np.float64)
+    seconds[parsed.isna().to_numpy()] = np.nan
+    seconds = np.append(seconds / 1e3, np.nan)
+    index = pc.fill_null(pc.index_in(times, value_set=distinct), len(distinct))
+    return seconds[index.to_numpy()]
+
+
 def _time_chart(table: pa.Table, attributed: bool) -> tuple[BarChart | None, int]:
     """Drifted keys by the time of the last stream row (or first divergence)."""
+    import pandas as pd
+
+    table = table.filter(pc.not_equal(table["kind"], "null_key"))
     times = table["last_event_at"]
     basis = "the last stream row that touched them"
     if attributed:
@@ -552,25 +580,20 @@ def _time_chart(table: pa.Table, attributed: bool) -> tuple[BarChart | None, int
         if pc.sum(pc.is_valid(divergence)).as_py():
             basis = "their first divergence (attribution), else the last stream row"
             times = pc.coalesce(divergence, times)
-    keyed = pa.table({"entity": table["entity"], "key": table["key"], "t": times})
-    keyed = keyed.filter(pc.invert(pc.is_in(table["kind"], value_set=pa.array(["null_key"]))))
-    per_key = keyed.group_by(["entity", "key"]).aggregate([("t", "min")])
-    import pandas as pd
-
-    stamps = pd.to_datetime(
-        per_key["t_min"].to_pandas(), utc=True, format="ISO8601", errors="coerce"
+    keys = pc.binary_join_element_wise(table["entity"], table["key"], "\x00")
+    frame = pd.DataFrame({"key": keys.to_pandas(), "seconds": _epoch_seconds(times)})
+    per_key = frame.sort_values("seconds", na_position="last", kind="stable").drop_duplicates(
+        "key"
     )
-    valid = stamps.dropna()
-    without = per_key.num_rows - len(valid)
-    if valid.empty:
+    seconds = per_key["seconds"].to_numpy()
+    valid = seconds[np.isfinite(seconds)]
+    without = int(len(seconds) - len(valid))
+    if valid.size == 0:
         return None, without
-    seconds = valid.astype("int64").to_numpy() / 1e9
-    if valid.dt.unit != "ns":  # pandas may keep the parsed resolution
-        seconds = valid.map(lambda s: s.timestamp()).to_numpy()
-    bins, width = time_bins(seconds)
+    bins, width = time_bins(valid)
     chart = layout(
         "Drifted keys over time (UTC)",
-        f"{len(valid):,} key(s) by {basis}; one bar = {describe_width(width)}",
+        f"{valid.size:,} key(s) by {basis}; one bar = {describe_width(width)}",
         bins,
         "key(s)",
     )
@@ -596,6 +619,8 @@ def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
     plan_info, plan_actions = _plan(folder)
     pairs = {(f["entity"], f["key"]) for f in top}
     evidence = _read_evidence(folder, pairs)
+    groups = sum(len({r["source"] for r in rows}) for rows in evidence.values())
+    per_source = max(MIN_EVIDENCE_ROWS, min(ROWS_PER_KEY, HTML_EVIDENCE_ROWS // max(groups, 1)))
     first_row_of: dict[tuple[str, str], int] = {}
     rows: list[FindingRow] = []
     for i, f in enumerate(top):
@@ -620,7 +645,7 @@ def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
                 attribution=(
                     _attribution(f.get("cause"), f.get("evidence")) if has_attribution else None
                 ),
-                evidence=_stream_evidence(evidence[pair]) if shows_evidence else (),
+                evidence=_stream_evidence(evidence[pair], per_source) if shows_evidence else (),
                 evidence_at=first_row_of.get(pair),
                 plan=_plan_actions(actions),
             )
