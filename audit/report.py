@@ -394,9 +394,7 @@ def _read_evidence(folder: Path, pairs: set[tuple[str, str]]) -> dict[tuple[str,
     return found
 
 
-def _stream_evidence(
-    rows: list[dict[str, Any]], per_source: int
-) -> tuple[StreamEvidence, ...]:
+def _stream_evidence(rows: list[dict[str, Any]], per_source: int) -> tuple[StreamEvidence, ...]:
     by_source: dict[str, list[dict[str, Any]]] = {}
     for row in sorted(rows, key=lambda r: (r["source"], r["position"])):
         by_source.setdefault(row["source"], []).append(row)
@@ -571,20 +569,17 @@ def _time_chart(table: pa.Table, attributed: bool) -> tuple[BarChart | None, int
     import pandas as pd
 
     table = table.filter(pc.not_equal(table["kind"], "null_key"))
-    times = table["last_event_at"]
+    seconds = _epoch_seconds(table["last_event_at"])
     basis = "the last stream row that touched them"
     if attributed:
         found = pc.extract_regex(pc.fill_null(table["evidence"], ""), _FIRST_DIVERGENCE)
-        divergence = pc.struct_field(found, "t")
-        divergence = pc.if_else(pc.equal(divergence, ""), pa.scalar(None, pa.string()), divergence)
-        if pc.sum(pc.is_valid(divergence)).as_py():
+        divergence = _epoch_seconds(pc.struct_field(found, "t"))
+        if np.isfinite(divergence).any():
             basis = "their first divergence (attribution), else the last stream row"
-            times = pc.coalesce(divergence, times)
+            seconds = np.where(np.isfinite(divergence), divergence, seconds)
     keys = pc.binary_join_element_wise(table["entity"], table["key"], "\x00")
-    frame = pd.DataFrame({"key": keys.to_pandas(), "seconds": _epoch_seconds(times)})
-    per_key = frame.sort_values("seconds", na_position="last", kind="stable").drop_duplicates(
-        "key"
-    )
+    frame = pd.DataFrame({"key": keys.to_pandas(), "seconds": seconds})
+    per_key = frame.sort_values("seconds", na_position="last", kind="stable").drop_duplicates("key")
     seconds = per_key["seconds"].to_numpy()
     valid = seconds[np.isfinite(seconds)]
     without = int(len(seconds) - len(valid))

@@ -458,3 +458,21 @@ def test_time_bins_pick_a_round_width():
     bins, width = time_bins(np.array([0.0, 100.0, 5 * 3600.0]))
     assert width == 900 and bins[0].label == "00:00" and bins[0].count == 2
     assert sum(b.count for b in bins) == 3
+
+
+def test_report_of_a_clean_audit_and_of_null_keys_only(tmp_path):
+    clean = make_folder(tmp_path / "clean", [], {"stock": ["n"]})
+    render_report(clean)
+    doc = page(clean)
+    assert "No drift found" in doc.by_id("header").text
+    assert not doc.find_all(id="findings-table") and not doc.find_all(id="charts")
+    nulls = make_folder(
+        tmp_path / "nulls",
+        [Finding("stock", (None,), "null_key", actual={"rows": 3}, extra={"rows": 3})],
+        {"stock": ["n"]},
+    )
+    render_report(nulls)
+    doc = page(nulls)
+    (body,) = visible_findings(doc)
+    assert "NULL key belong to no entity" in body.text
+    assert not doc.find_all(id="chart-time")
