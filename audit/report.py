@@ -191,7 +191,6 @@ class PlanInfo:
 class Report:
     """Everything the report shows, before any HTML."""
 
-    title: str
     database: str
     dialect: str
     snapshot_at: str
@@ -706,7 +705,6 @@ def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
     columns_filter = sorted({r.column for r in rows if r.column})
     command = summary.get("command")
     report = Report(
-        title=f"drift audit — {summary.get('database', {}).get('dialect', '')}",
         database=mask_text(str(summary.get("database", {}).get("url", ""))),
         dialect=str(summary.get("database", {}).get("dialect", "")),
         snapshot_at=_text(summary.get("snapshot", {}).get("taken_at")),

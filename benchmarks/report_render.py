@@ -35,9 +35,7 @@ def build_folder(folder: Path, n: int, seed: int = 1) -> None:
     entity = np.where(rng.random(n) < 0.7, "inventory", "accounts")
     ids = np.arange(n)
     key = np.char.add(np.char.add('["K-', ids.astype(str)), '"]')
-    kinds = rng.choice(
-        ["mismatch", "missing_row", "orphan_row"], size=n, p=[0.98, 0.01, 0.01]
-    )
+    kinds = rng.choice(["mismatch", "missing_row", "orphan_row"], size=n, p=[0.98, 0.01, 0.01])
     mismatch = kinds == "mismatch"
     column = np.where(entity == "inventory", "on_hand", "balance")
     expected = rng.integers(0, 10_000, n)
@@ -71,9 +69,7 @@ def build_folder(folder: Path, n: int, seed: int = 1) -> None:
         schema=FINDINGS_SCHEMA,
     )
     pq.write_table(table, folder / "findings.parquet", compression="zstd", row_group_size=100_000)
-    by_entity = {
-        name: int((entity == name).sum()) for name in ("inventory", "accounts")
-    }
+    by_entity = {name: int((entity == name).sum()) for name in ("inventory", "accounts")}
     summary = {
         "tool": "drift",
         "version": "bench",
@@ -83,17 +79,27 @@ def build_folder(folder: Path, n: int, seed: int = 1) -> None:
         "snapshot": {"taken_at": "2026-03-14T15:59:59+00:00", "isolation": "REPEATABLE READ"},
         "scope": "full",
         "watermarks": {"stock": {"order_by": ["id"], "value": [5_000_000], "rows": 5_000_000}},
-        "rows_scanned": {"entities": {"inventory": 800_000, "accounts": 400_000},
-                         "streams": {"stock": 5_000_000}},
+        "rows_scanned": {
+            "entities": {"inventory": 800_000, "accounts": 400_000},
+            "streams": {"stock": 5_000_000},
+        },
         "entities": {
-            "inventory": {"table": "inventory", "key": ["sku"],
-                          "columns": {"on_hand": {"fold": "sum", "stream": "stock"}}},
-            "accounts": {"table": "accounts", "key": ["id"],
-                         "columns": {"balance": {"fold": "sum", "stream": "stock"}}},
+            "inventory": {
+                "table": "inventory",
+                "key": ["sku"],
+                "columns": {"on_hand": {"fold": "sum", "stream": "stock"}},
+            },
+            "accounts": {
+                "table": "accounts",
+                "key": ["id"],
+                "columns": {"balance": {"fold": "sum", "stream": "stock"}},
+            },
         },
         "counts": {
             "total": n,
-            "by_kind": {k: int((kinds == k).sum()) for k in ("mismatch", "missing_row", "orphan_row")},
+            "by_kind": {
+                k: int((kinds == k).sum()) for k in ("mismatch", "missing_row", "orphan_row")
+            },
             "by_entity": {
                 name: {"total": c, "drifted_rows": c, "by_kind": {}, "by_column": {}}
                 for name, c in by_entity.items()
@@ -116,9 +122,14 @@ def build_folder(folder: Path, n: int, seed: int = 1) -> None:
                         "position": position,
                         "at": "2026-03-14T09:00:00Z",
                         "row": json.dumps(
-                            {"id": 1000 + position, "sku": json.loads(k)[0], "kind": "shipped",
-                             "qty": position % 7, "job_run_id": 77 + position,
-                             "created_at": "2026-03-14T09:00:00Z"}
+                            {
+                                "id": 1000 + position,
+                                "sku": json.loads(k)[0],
+                                "kind": "shipped",
+                                "qty": position % 7,
+                                "job_run_id": 77 + position,
+                                "created_at": "2026-03-14T09:00:00Z",
+                            }
                         ),
                         "roles": '{"key": ["sku"], "order_by": ["id"], "time": "created_at"}',
                     }

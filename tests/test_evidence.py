@@ -82,3 +82,46 @@ def test_evidence_is_capped_and_fetched_in_batches(sqlite_backend, tmp_path):
         sa.event.remove(engine, "before_cursor_execute", count)
     rows = pq.read_table(folder / EVIDENCE).to_pylist()
     assert {r["key"] for r in rows} == {key_to_json([1041])}
+
+
+COMPOSITE_SPEC = """
+version = 1
+[streams.moves]
+table = "moves"
+key = ["region", "code"]
+order_by = ["id"]
+[entities.stock]
+table = "stock"
+key = ["region", "code"]
+[entities.stock.columns.qty]
+stream = "moves"
+fold = "sum"
+value = "qty"
+"""
+
+
+def test_evidence_for_composite_keys(backend, tmp_path):
+    backend.execute(
+        "CREATE TABLE moves (id INTEGER PRIMARY KEY, region INTEGER NOT NULL, "
+        "code VARCHAR(20) NOT NULL, qty INTEGER NOT NULL)"
+    )
+    backend.execute(
+        "CREATE TABLE stock (region INTEGER NOT NULL, code VARCHAR(20) NOT NULL, "
+        "qty INTEGER NOT NULL, PRIMARY KEY (region, code))"
+    )
+    for i, (region, code, qty) in enumerate(
+        [(1, "a", 5), (1, "a", 2), (1, "b", 1), (2, "a", 7), (2, "a", 1)], start=1
+    ):
+        backend.execute(
+            "INSERT INTO moves (id, region, code, qty) VALUES (:i, :r, :c, :q)",
+            i=i,
+            r=region,
+            c=code,
+            q=qty,
+        )
+    backend.execute("INSERT INTO stock VALUES (1, 'a', 7), (1, 'b', 9), (2, 'a', 3)")
+    spec = parse_spec(COMPOSITE_SPEC + f'[database]\nurl = "{backend.url}"\n')
+    result = run_audit(spec, out=tmp_path / "audit", write_report=False)
+    rows = pq.read_table(result.out_dir / EVIDENCE).to_pylist()
+    got = sorted((r["key"], r["position"], json.loads(r["row"])["id"]) for r in rows)
+    assert got == [('[1,"b"]', 0, 3), ('[2,"a"]', 0, 5), ('[2,"a"]', 1, 4)]

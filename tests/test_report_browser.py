@@ -165,6 +165,11 @@ def test_demo_report_loads_filters_and_sorts(browser, demo_report):
     assert "stream:stock" in evidence.text
     _assert_clean(browser)
     _screenshot(browser, "report-demo.png")
+    import base64
+
+    pdf = base64.b64decode(browser.print_page())
+    assert pdf.startswith(b"%PDF") and len(pdf) > 10_000
+    (ARTIFACTS / "report-demo.pdf").write_bytes(pdf)
 
 
 def test_hostile_report_runs_no_code(browser, tmp_path):

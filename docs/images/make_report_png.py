@@ -19,6 +19,16 @@ from audit import run_audit
 from drift.demo import build_demo
 
 OUT = Path(__file__).resolve().parent / "report.png"
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def main() -> None:
@@ -29,10 +39,7 @@ def main() -> None:
         result = run_audit(shop.spec, out=work / "audit", command="drift demo")
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"
-        for flag in (
-            "--headless=new --no-sandbox --disable-gpu --disable-background-networking "
-            "--disable-component-update --disable-sync --no-first-run --hide-scrollbars"
-        ).split():
+        for flag in FLAGS:
             options.add_argument(flag)
         options.add_argument(f"--user-data-dir={profile}")
         options.add_argument("--window-size=1280,1000")
