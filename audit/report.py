@@ -1,64 +1,805 @@
-"""Report data and its HTML rendering.
+"""The HTML incident report: its data first, then one self-contained file.
 
-The report is built from the audit folder alone (summary.json and
-findings.parquet), so ``drift report AUDIT_DIR`` re-renders it without a
-database.
+:func:`build_report` reads an audit folder (summary.json, findings.parquet and,
+when present, evidence.parquet, the attribution columns of findings.parquet and
+plan/plan.json with plan/approvals.json) into a :class:`Report` of plain
+frozen dataclasses; :func:`render_report` lays that out with
+``templates/report.html.j2``. No database is needed, so ``drift report
+AUDIT_DIR`` re-renders a report anywhere.
+
+Every value that came from the database is untrusted: templates autoescape,
+JSON for the page's script goes through :func:`safe_json` into a
+``<script type="application/json">`` element, and a Content-Security-Policy
+allows only the page's own inline script and style (by hash), so even a
+templating mistake could not load or run anything else.
+
+With a million findings the report embeds only the top N (row-level kinds
+first, then by absolute delta, see :mod:`audit.ranking`); the summary cards
+and charts still count every finding.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from markupsafe import Markup
 
+from audit.charts import BarChart, delta_bins, describe_width, layout, time_bins
+from audit.database import mask_text
 from audit.errors import AuditFolderError, OutputError
-from audit.findings import ROW_KINDS
+from audit.evidence import EVIDENCE, EVIDENCE_KEYS, ROWS_PER_KEY
+from audit.export import FINDINGS_CSV, write_findings_csv
+from audit.findings import KINDS, ROW_KINDS, from_json, to_json
 from audit.output import FINDINGS, REPORT, read_summary
+from audit.ranking import top_indices
 from audit.templating import html_environment
 
 DEFAULT_TOP = 2000
+CLIP = 300
+# Stream rows embedded in the HTML in all: per key and stream, as many of the
+# collected rows as fit (at least MIN_EVIDENCE_ROWS), keeping the file small.
+HTML_EVIDENCE_ROWS = 20_000
+MIN_EVIDENCE_ROWS = 5
+CAUSES = ("lost_update", "double_apply", "stale_overwrite", "unexplained_write", "unknown")
+PLAN_FILE = Path("plan") / "plan.json"
+APPROVALS_FILE = Path("plan") / "approvals.json"
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Cell(NamedTuple):
+    """A value as displayed: text (clipped), and whether it is SQL NULL.
+
+    A named tuple rather than a dataclass: the report builds a few hundred
+    thousand of them for a large audit.
+    """
+
+    text: str
+    null: bool = False
+    full_length: int = 0
+
+    @property
+    def clipped(self) -> bool:
+        return self.full_length > len(self.text)
+
+
+@dataclass(frozen=True)
+class StreamEvidence:
+    """The last rows of one stream for one key, newest first."""
+
+    source: str
+    columns: tuple[str, ...]
+    roles: dict[str, str]  # column name -> "key" / "order_by" / "time"
+    rows: tuple[tuple[Cell, ...], ...]
+    collected: int  # rows in evidence.parquet for this key and source
+
+
+@dataclass(frozen=True)
+class Run:
+    """A job run that touched the key, placed on the key's small timeline."""
+
+    id: str
+    job: str
+    worker: str
+    attempt: str
+    status: str
+    started_at: str
+    finished_at: str
+    overlapping: bool
+    retried: bool
+    x: float
+    width: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Why a row drifted, as the attribution step explained it."""
+
+    cause: str | None
+    confidence: str | None
+    why: str | None
+    first_divergence_at: str | None
+    runs: tuple[Run, ...] = ()
+    overlapping_pairs: tuple[str, ...] = ()
+    retried_runs: tuple[str, ...] = ()
+    outbox_columns: tuple[str, ...] = ()
+    outbox: tuple[tuple[Cell, ...], ...] = ()
+    timeline_height: int = 0
+    timeline_start: str = ""
+    timeline_end: str = ""
+
+
+@dataclass(frozen=True)
+class PlanAction:
+    """What the remediation plan will do to a finding's row."""
+
+    mode: str
+    kind: str
+    before: Cell
+    after: Cell
+    sql: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """One embedded finding, as the table and its evidence panel show it."""
+
+    index: int
+    entity: str
+    key: str
+    column: str | None
+    kind: str
+    expected: Cell
+    actual: Cell
+    delta: str
+    abs_delta: float | None
+    time: str | None
+    cause: str | None
+    attribution: Attribution | None
+    evidence: tuple[StreamEvidence, ...]
+    evidence_at: int | None  # index of the row that shows this key's evidence
+    plan: tuple[PlanAction, ...]
+
+
+@dataclass(frozen=True)
+class EntityStats:
+    name: str
+    table: str
+    rows: int
+    drifted_rows: int
+    findings: int
+    by_kind: dict[str, int]
+    columns: tuple[ColumnStats, ...]
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    name: str
+    fold: str
+    stream: str
+    findings: int
+    abs_delta_total: str | None
+    abs_delta_max: str | None
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    plan_id: str
+    created_at: str
+    actions: int
+    approvals: tuple[dict[str, str], ...]
+    problem: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        return bool(self.approvals) and self.problem is None
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the report shows, before any HTML."""
+
+    database: str
+    dialect: str
+    snapshot_at: str
+    isolation: str
+    created_at: str
+    scope: str
+    spec_sha256: str
+    spec_path: str
+    version: str
+    watermarks: tuple[dict[str, str], ...]
+    plan: PlanInfo | None
+    entities_audited: int
+    rows_audited: int
+    stream_rows: int
+    total: int
+    drifted_rows: int
+    by_kind: dict[str, int]
+    by_cause: dict[str, int]
+    entities: tuple[EntityStats, ...]
+    delta_charts: tuple[BarChart, ...]
+    time_chart: BarChart | None
+    keys_without_time: int
+    findings: tuple[FindingRow, ...]
+    shown: int
+    limit: int
+    has_attribution: bool
+    has_evidence: bool
+    columns_filter: tuple[str, ...]
+    command: str | None
+    folder_name: str
+    script_data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def truncated(self) -> bool:
+        return self.shown < self.total
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def safe_json(data: Any) -> Markup:
+    """JSON that can sit inside ``<script type="application/json">`` verbatim.
+
+    ``<``, ``>`` and ``&`` become \\u escapes (so ``</script>`` or ``<!--``
+    in a value cannot end or confuse the element), as do U+2028/U+2029.
+    """
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    for char, escape in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, escape)
+    return Markup(text)
+
+
+def clip(text: str, limit: int = CLIP) -> Cell:
+    length = len(text)
+    if length <= limit:
+        return Cell(text, False, length)
+    return Cell(text[:limit] + "…", False, length)
+
+
+def json_cell(json_text: str | None) -> Cell:
+    """A finding's expected/actual: the exact JSON text; empty when absent."""
+    if json_text is None:
+        return Cell("", full_length=0)
+    if json_text == "null":
+        return Cell("NULL", null=True, full_length=4)
+    return clip(json_text)
+
+
+def value_cell(value: Any) -> Cell:
+    """A value of a stream row or outbox message: strings bare, NULL marked."""
+    if value is None:
+        return Cell("NULL", null=True, full_length=4)
+    if isinstance(value, str):
+        return clip(value)
+    return clip(to_json(value))
+
+
+def exact_delta(expected: str | None, actual: str | None, delta: float | None) -> str:
+    """expected - actual with every digit when both sides are JSON numbers."""
+    if delta is None:
+        return ""
+    try:
+        e, a = from_json(expected), from_json(actual)
+        numbers = all(isinstance(v, (int, Decimal)) and not isinstance(v, bool) for v in (e, a))
+        if numbers:
+            value = Decimal(e) - Decimal(a)
+            return ("+" if value > 0 else "") + format(value, "f")
+    except (InvalidOperation, ValueError, TypeError):
+        pass
+    return f"{delta:+g}"
+
+
+def _number_text(x: float) -> str:
+    return f"{int(x):,}" if x == int(x) and abs(x) < 1e15 else f"{x:,.6g}"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else to_json(value)
+
+
+def _sha256_source(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_findings(folder: Path) -> pa.Table:
+    try:
+        return pq.read_table(str(folder / FINDINGS))
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditFolderError(f"{folder / FINDINGS} is unreadable or truncated: {exc}") from None
 
 
 def top_findings(folder: Path, limit: int = DEFAULT_TOP) -> tuple[list[dict[str, Any]], int]:
-    """The findings a reviewer sees first: row-level kinds, then by |delta|."""
+    """The findings a reviewer sees first (see :mod:`audit.ranking`), and the total."""
+    table = _read_findings(folder)
+    return table.take(top_indices(table, limit)).to_pylist(), table.num_rows
+
+
+def _plan(folder: Path) -> tuple[PlanInfo | None, dict[tuple[str, str, str | None], list[dict]]]:
+    """The plan's header facts and its actions by (entity, key, column)."""
+    path = folder / PLAN_FILE
+    if not path.is_file():
+        return None, {}
     try:
-        table = pq.read_table(str(folder / FINDINGS))
-    except (OSError, pa.ArrowException) as err:
-        raise AuditFolderError(f"{folder / FINDINGS} is unreadable or truncated: {err}") from None
-    total = table.num_rows
-    if total == 0:
-        return [], 0
-    row_level = pc.is_in(table["kind"], value_set=pa.array(ROW_KINDS))
-    table = table.append_column("_row_level", pc.cast(row_level, "int8"))
-    table = table.append_column("_abs", pc.fill_null(pc.abs(table["delta"]), -1.0))
-    table = table.sort_by(
-        [
-            ("_row_level", "descending"),
-            ("_abs", "descending"),
-            ("entity", "ascending"),
-            ("key", "ascending"),
-        ]
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(plan, dict) or not isinstance(plan.get("actions", []), list):
+            raise ValueError("not a plan object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return PlanInfo("", "", 0, (), problem=f"{PLAN_FILE} is unreadable: {exc}"), {}
+    approvals: list[dict[str, str]] = []
+    problem = None
+    approvals_path = folder / APPROVALS_FILE
+    if approvals_path.is_file():
+        try:
+            raw = json.loads(approvals_path.read_text(encoding="utf-8"))
+            approvals = [
+                {k: _text(a.get(k)) for k in ("by", "at", "note")}
+                for a in raw.get("approvals", [])
+                if isinstance(a, dict)
+            ]
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            problem = f"{APPROVALS_FILE} is unreadable: {exc}"
+    actions: dict[tuple[str, str, str | None], list[dict]] = {}
+    for action in plan.get("actions", []):
+        if isinstance(action, dict):
+            pair = (
+                _text(action.get("entity")),
+                _text(action.get("key")),
+                action.get("column") if isinstance(action.get("column"), str) else None,
+            )
+            actions.setdefault(pair, []).append(action)
+    info = PlanInfo(
+        plan_id=_text(plan.get("plan_id")),
+        created_at=_text(plan.get("created_at")),
+        actions=len(plan.get("actions", [])),
+        approvals=tuple(approvals),
+        problem=problem,
     )
-    table = table.slice(0, limit).drop_columns(["_row_level", "_abs"])
-    return table.to_pylist(), total
+    return info, actions
+
+
+def _plan_actions(actions: list[dict]) -> tuple[PlanAction, ...]:
+    out = []
+    for a in actions:
+        sql = a.get("sql") or []
+        out.append(
+            PlanAction(
+                mode=_text(a.get("mode")),
+                kind=_text(a.get("kind")),
+                before=value_cell(a.get("before")),
+                after=value_cell(a.get("after")),
+                sql=tuple(_text(s) for s in (sql if isinstance(sql, list) else [sql])),
+            )
+        )
+    return tuple(out)
+
+
+def _read_evidence(folder: Path, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], list]:
+    path = folder / EVIDENCE
+    if not path.is_file() or not pairs:
+        return {}
+    table = pq.read_table(str(path))
+    keys = pa.array(sorted({k for _, k in pairs}), type=pa.string())
+    table = table.filter(pc.is_in(table["key"], value_set=keys))
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        pair = (row["entity"], row["key"])
+        if pair in pairs:
+            found.setdefault(pair, []).append(row)
+    return found
+
+
+def _stream_evidence(rows: list[dict[str, Any]], per_source: int) -> tuple[StreamEvidence, ...]:
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: (r["source"], r["position"])):
+        by_source.setdefault(row["source"], []).append(row)
+    out = []
+    for source, items in by_source.items():
+        decoded = [from_json(r["row"]) for r in items[:per_source]]
+        columns: dict[str, None] = {}
+        for d in decoded:
+            if isinstance(d, dict):
+                columns.update(dict.fromkeys(d))
+        roles: dict[str, str] = {}
+        try:
+            spec_roles = json.loads(items[0].get("roles") or "{}")
+        except ValueError:
+            spec_roles = {}
+        for role in ("key", "order_by"):
+            for name in spec_roles.get(role) or []:
+                roles.setdefault(str(name), role)
+        if spec_roles.get("time"):
+            roles.setdefault(str(spec_roles["time"]), "time")
+        out.append(
+            StreamEvidence(
+                source=source,
+                columns=tuple(columns),
+                roles=roles,
+                rows=tuple(
+                    tuple(
+                        value_cell(d.get(c)) if isinstance(d, dict) else Cell("?") for c in columns
+                    )
+                    for d in decoded
+                ),
+                collected=len(items),
+            )
+        )
+    return tuple(out)
+
+
+def _iso_seconds(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    import pandas as pd
+
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        return None
+    if stamp is pd.NaT:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return float(stamp.timestamp())
+
+
+def _attribution(cause: str | None, evidence_json: str | None) -> Attribution | None:
+    if cause is None and evidence_json is None:
+        return None
+    try:
+        data = json.loads(evidence_json) if evidence_json else {}
+    except ValueError:
+        data = {"why": "(attribution evidence is not valid JSON)"}
+    if not isinstance(data, dict):
+        data = {}
+    overlapping = [
+        [str(i) for i in pair]
+        for pair in data.get("overlapping_runs") or []
+        if isinstance(pair, (list, tuple))
+    ]
+    in_overlap = {i for pair in overlapping for i in pair}
+    retried = {str(i) for i in data.get("retried_runs") or []}
+    raw_runs = [r for r in data.get("runs") or [] if isinstance(r, dict)]
+    spans = []
+    for r in raw_runs:
+        start = _parse_time(r.get("started_at"))
+        end = _parse_time(r.get("finished_at"))
+        spans.append((start, end if end is not None else start))
+    known = [t for s in spans for t in s if t is not None]
+    lo, hi = (min(known), max(known)) if known else (0.0, 0.0)
+    span = (hi - lo) or 1.0
+    width, left = 420.0, 4.0
+    runs = []
+    for i, (r, (start, end)) in enumerate(zip(raw_runs, spans)):
+        run_id = _text(r.get("id"))
+        x = left + (0.0 if start is None else width * (start - lo) / span)
+        w = 0.0 if start is None or end is None else width * (end - start) / span
+        runs.append(
+            Run(
+                id=run_id,
+                job=_text(r.get("job")),
+                worker=_text(r.get("worker")),
+                attempt=_text(r.get("attempt")),
+                status=_text(r.get("status")),
+                started_at=_text(r.get("started_at")),
+                finished_at=_text(r.get("finished_at")),
+                overlapping=run_id in in_overlap,
+                retried=run_id in retried,
+                x=round(x, 2),
+                width=round(max(w, 3.0), 2),
+                y=float(6 + 18 * i),
+            )
+        )
+    outbox_raw = [m for m in data.get("outbox") or [] if isinstance(m, dict)]
+    outbox_columns: dict[str, None] = {}
+    for m in outbox_raw:
+        outbox_columns.update(dict.fromkeys(str(k) for k in m))
+    outbox = tuple(tuple(value_cell(m.get(c)) for c in outbox_columns) for m in outbox_raw)
+    first = data.get("first_divergence_at")
+    return Attribution(
+        cause=cause,
+        confidence=_text(data.get("confidence")) or None,
+        why=_text(data.get("why")) or None,
+        first_divergence_at=_text(first) or None,
+        runs=tuple(runs),
+        overlapping_pairs=tuple(" ↔ ".join(p) for p in overlapping),
+        retried_runs=tuple(sorted(retried)),
+        outbox_columns=tuple(outbox_columns),
+        outbox=outbox,
+        timeline_height=int(12 + 18 * len(runs)) if runs else 0,
+        timeline_start=_iso_seconds(lo) if known else "",
+        timeline_end=_iso_seconds(hi) if known else "",
+    )
+
+
+# --------------------------------------------------------------------------- charts
+
+
+def _delta_charts(table: pa.Table) -> tuple[BarChart, ...]:
+    numeric = table.select(["entity", "column", "delta"]).filter(
+        pc.and_(pc.is_valid(table["delta"]), pc.is_valid(table["column"]))
+    )
+    if numeric.num_rows == 0:
+        return ()
+    frame = numeric.to_pandas()
+    charts = []
+    for (entity, column), group in frame.groupby(["entity", "column"], sort=True):
+        values = group["delta"].to_numpy(dtype=np.float64)
+        bins = delta_bins(values)
+        charts.append(
+            layout(
+                f"{entity}.{column}",
+                f"{values.size:,} numeric finding(s); delta = expected − actual",
+                bins,
+                "finding(s)",
+            )
+        )
+    return tuple(charts)
+
+
+_FIRST_DIVERGENCE = r'"first_divergence_at"\s*:\s*"(?P<t>[^"\\]*)"'
+
+
+def _epoch_seconds(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """ISO text to UTC epoch seconds (NaN where not a time); each distinct text parsed once."""
+    import pandas as pd
+
+    distinct = pc.unique(times)
+    parsed = pd.to_datetime(distinct.to_pandas(), utc=True, format="ISO8601", errors="coerce")
+    seconds = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ms]").astype(np.float64)
+    seconds[parsed.isna().to_numpy()] = np.nan
+    seconds = np.append(seconds / 1e3, np.nan)
+    index = pc.fill_null(pc.index_in(times, value_set=distinct), len(distinct))
+    return seconds[index.to_numpy()]
+
+
+def _time_chart(table: pa.Table, attributed: bool) -> tuple[BarChart | None, int]:
+    """Drifted keys by the time of the last stream row (or first divergence)."""
+    import pandas as pd
+
+    table = table.filter(pc.not_equal(table["kind"], "null_key"))
+    seconds = _epoch_seconds(table["last_event_at"])
+    basis = "the last stream row that touched them"
+    if attributed:
+        found = pc.extract_regex(pc.fill_null(table["evidence"], ""), _FIRST_DIVERGENCE)
+        divergence = _epoch_seconds(pc.struct_field(found, "t"))
+        if np.isfinite(divergence).any():
+            basis = "their first divergence (attribution), else the last stream row"
+            seconds = np.where(np.isfinite(divergence), divergence, seconds)
+    keys = pc.binary_join_element_wise(table["entity"], table["key"], "\x00")
+    frame = pd.DataFrame({"key": keys.to_pandas(), "seconds": seconds})
+    per_key = frame.sort_values("seconds", na_position="last", kind="stable").drop_duplicates("key")
+    seconds = per_key["seconds"].to_numpy()
+    valid = seconds[np.isfinite(seconds)]
+    without = int(len(seconds) - len(valid))
+    if valid.size == 0:
+        return None, without
+    bins, width = time_bins(valid)
+    chart = layout(
+        "Drifted keys over time (UTC)",
+        f"{valid.size:,} key(s) by {basis}; one bar = {describe_width(width)}",
+        bins,
+        "key(s)",
+    )
+    return chart, without
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
+    """Read an audit folder into a :class:`Report` (no HTML yet)."""
+    folder = Path(folder)
+    summary = read_summary(folder)
+    table = _read_findings(folder)
+    names = set(table.column_names)
+    has_attribution = "cause" in names or "evidence" in names
+    if has_attribution:
+        for name in ("cause", "evidence"):
+            if name not in names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+    top = table.take(top_indices(table, limit)).to_pylist()
+
+    plan_info, plan_actions = _plan(folder)
+    pairs = {(f["entity"], f["key"]) for f in top}
+    evidence = _read_evidence(folder, pairs)
+    groups = sum(len({r["source"] for r in rows}) for rows in evidence.values())
+    per_source = max(MIN_EVIDENCE_ROWS, min(ROWS_PER_KEY, HTML_EVIDENCE_ROWS // max(groups, 1)))
+    first_row_of: dict[tuple[str, str], int] = {}
+    rows: list[FindingRow] = []
+    for i, f in enumerate(top):
+        pair = (f["entity"], f["key"])
+        shows_evidence = pair not in first_row_of and pair in evidence
+        if shows_evidence:
+            first_row_of[pair] = i
+        actions = plan_actions.get((f["entity"], f["key"], f["column"]), [])
+        rows.append(
+            FindingRow(
+                index=i,
+                entity=f["entity"],
+                key=f["key"],
+                column=f["column"],
+                kind=f["kind"],
+                expected=json_cell(f["expected"]),
+                actual=json_cell(f["actual"]),
+                delta=exact_delta(f["expected"], f["actual"], f["delta"]),
+                abs_delta=None if f["delta"] is None else abs(f["delta"]),
+                time=f["last_event_at"],
+                cause=f.get("cause"),
+                attribution=(
+                    _attribution(f.get("cause"), f.get("evidence")) if has_attribution else None
+                ),
+                evidence=_stream_evidence(evidence[pair], per_source) if shows_evidence else (),
+                evidence_at=first_row_of.get(pair),
+                plan=_plan_actions(actions),
+            )
+        )
+
+    counts = summary["counts"]
+    entity_rows = summary.get("rows_scanned", {}).get("entities", {})
+    stream_rows = summary.get("rows_scanned", {}).get("streams", {})
+    entities = []
+    for name, meta in summary.get("entities", {}).items():
+        stats = counts.get("by_entity", {}).get(name, {})
+        deltas = counts.get("abs_delta", {}).get(name, {})
+        columns = []
+        for column, cmeta in meta.get("columns", {}).items():
+            d = deltas.get(column)
+            columns.append(
+                ColumnStats(
+                    name=column,
+                    fold=str(cmeta.get("fold", "")),
+                    stream=str(cmeta.get("stream", "")),
+                    findings=int(stats.get("by_column", {}).get(column, 0)),
+                    abs_delta_total=_number_text(d["sum"]) if d else None,
+                    abs_delta_max=_number_text(d["max"]) if d else None,
+                )
+            )
+        entities.append(
+            EntityStats(
+                name=name,
+                table=str(meta.get("table", "")),
+                rows=int(entity_rows.get(name, 0)),
+                drifted_rows=int(stats.get("drifted_rows", 0)),
+                findings=int(stats.get("total", 0)),
+                by_kind={k: int(v) for k, v in stats.get("by_kind", {}).items()},
+                columns=tuple(columns),
+            )
+        )
+
+    by_cause: dict[str, int] = {}
+    if has_attribution and table.num_rows:
+        for item in pc.value_counts(pc.fill_null(table["cause"], "")).to_pylist():
+            by_cause[item["values"] or "(none)"] = int(item["counts"])
+        by_cause = dict(
+            sorted(
+                by_cause.items(),
+                key=lambda kv: (CAUSES.index(kv[0]) if kv[0] in CAUSES else 99, kv[0]),
+            )
+        )
+
+    time_chart, keys_without_time = (
+        _time_chart(table, has_attribution) if table.num_rows else (None, 0)
+    )
+    by_kind = {k: int(v) for k, v in counts.get("by_kind", {}).items()}
+    watermarks = tuple(
+        {
+            "stream": name,
+            "order_by": ", ".join(str(o) for o in w.get("order_by", [])),
+            "value": "—" if w.get("value") is None else to_json(w.get("value")),
+            "rows": f"{int(w.get('rows', 0)):,}",
+        }
+        for name, w in summary.get("watermarks", {}).items()
+    )
+    kinds_present = [k for k in KINDS if k in by_kind] + [k for k in by_kind if k not in KINDS]
+    columns_filter = sorted({r.column for r in rows if r.column})
+    command = summary.get("command")
+    report = Report(
+        database=mask_text(str(summary.get("database", {}).get("url", ""))),
+        dialect=str(summary.get("database", {}).get("dialect", "")),
+        snapshot_at=_text(summary.get("snapshot", {}).get("taken_at")),
+        isolation=_text(summary.get("snapshot", {}).get("isolation")),
+        created_at=_text(summary.get("created_at")),
+        scope=_text(summary.get("scope")),
+        spec_sha256=_text(summary.get("spec", {}).get("sha256")),
+        spec_path=_text(summary.get("spec", {}).get("path")),
+        version=_text(summary.get("version")),
+        watermarks=watermarks,
+        plan=plan_info,
+        entities_audited=len(summary.get("entities", {})),
+        rows_audited=sum(int(v) for v in entity_rows.values()),
+        stream_rows=sum(int(v) for v in stream_rows.values()),
+        total=table.num_rows,
+        drifted_rows=int(counts.get("drifted_rows", 0)),
+        by_kind={k: by_kind[k] for k in kinds_present},
+        by_cause=by_cause,
+        entities=tuple(entities),
+        delta_charts=_delta_charts(table),
+        time_chart=time_chart,
+        keys_without_time=keys_without_time,
+        findings=tuple(rows),
+        shown=len(rows),
+        limit=limit,
+        has_attribution=has_attribution,
+        has_evidence=bool(evidence),
+        columns_filter=tuple(columns_filter),
+        command=mask_text(command) if command else None,
+        folder_name=folder.name,
+        script_data={
+            "rows": [
+                [
+                    r.entity,
+                    r.column or "",
+                    r.kind,
+                    r.key,
+                    -1 if r.abs_delta is None else r.abs_delta,
+                    r.cause or "",
+                    r.time or "",
+                    r.expected.text,
+                    r.actual.text,
+                ]
+                for r in rows
+            ],
+            "total": table.num_rows,
+        },
+    )
+    return report
+
+
+# --------------------------------------------------------------------------- rendering
+
+_ROW_KINDS = set(ROW_KINDS)
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML document."""
+    env = html_environment()
+    style = env.get_template("report/style.css.j2").render()
+    script = env.get_template("report/script.js.j2").render()
+    csp = (
+        "default-src 'none'; "
+        f"style-src 'sha256-{_sha256_source(style)}'; "
+        f"script-src 'sha256-{_sha256_source(script)}'; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+    return env.get_template("report.html.j2").render(
+        report=report,
+        style=Markup(style),
+        script=Markup(script),
+        csp=csp,
+        data_json=safe_json(report.script_data),
+        row_kinds=_ROW_KINDS,
+        findings_csv=FINDINGS_CSV,
+        evidence_keys=EVIDENCE_KEYS,
+    )
 
 
 def render_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Path:
-    """Render ``report.html`` into an audit folder and return its path."""
+    """Render ``report.html`` into an audit folder and return its path.
+
+    Also writes ``findings.csv`` when the folder has none (older folders).
+    """
     folder = Path(folder)
-    summary = read_summary(folder)
-    findings, total = top_findings(folder, limit)
-    html = (
-        html_environment()
-        .get_template("report.html.j2")
-        .render(summary=summary, findings=findings, total=total, shown=len(findings))
-    )
+    report = build_report(folder, limit)
+    if not (folder / FINDINGS_CSV).is_file():
+        write_findings_csv(folder)
+    html = render_html(report)
     path = folder / REPORT
+    partial = folder / f".{REPORT}.partial"
     try:
-        path.write_text(html, encoding="utf-8")
+        partial.write_text(html, encoding="utf-8")
+        partial.replace(path)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     return path

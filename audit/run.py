@@ -27,6 +27,8 @@ from audit.database import create_engine, database_errors, mask_url, redact, res
 from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
 from audit.errors import DatabaseError, OutputError, SpecError
+from audit.evidence import collect_evidence
+from audit.export import write_findings_csv
 from audit.findings import FindingsWriter, iso
 from audit.output import AuditFolder
 from audit.rebuild import KeyFilter
@@ -101,6 +103,7 @@ def run_audit(
         summary["command"] = redact(command, *secrets) if command else None
         folder.write_summary(summary)
         folder.write_spec(redact(spec.text, *secrets))
+        write_findings_csv(folder.staging)
         if write_report:
             from audit.report import render_report
 
@@ -181,6 +184,12 @@ def _audit(
                         timer.measure(f"entity:{name}", t)
                 finally:
                     writer.close()
+                # -- evidence (audit/evidence.py): stream rows behind the top drifted keys
+                t = time.perf_counter()
+                say("collecting stream evidence for the drifted keys")
+                collect_evidence(conn, bound, folder.staging)
+                timer.measure("evidence", t)
+                # -- end evidence
         finally:
             try:
                 conn.rollback()

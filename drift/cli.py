@@ -164,11 +164,23 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
 def report(
     audit_dir: Annotated[Path, typer.Argument(help="An audit folder.")],
     open_: Annotated[bool, typer.Option("--open", help="Open the report in a browser.")] = False,
+    top: Annotated[
+        int,
+        typer.Option(
+            "--top",
+            min=1,
+            help="How many findings the report embeds (the rest are "
+            "in findings.parquet and findings.csv).",
+        ),
+    ] = 2000,
 ) -> None:
-    """Re-render report.html from an audit folder, without a database."""
+    """Re-render report.html from an audit folder, without a database.
+
+    Also writes findings.csv when the folder has none.
+    """
     from audit.report import render_report
 
-    path = render_report(audit_dir)
+    path = render_report(audit_dir, limit=top)
     typer.echo(str(path))
     if open_:
         webbrowser.open(path.resolve().as_uri())

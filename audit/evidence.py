@@ -1,0 +1,185 @@
+"""Stream-row evidence: the facts behind each drifted key the report shows.
+
+Inside the audit's snapshot, after the diff, drift fetches for every drifted
+key among the first :data:`EVIDENCE_KEYS` findings (the report's order, see
+:mod:`audit.ranking`) the last :data:`ROWS_PER_KEY` rows of each stream that
+feeds the key's entity, and writes them to ``evidence.parquet``:
+
+=========  ===============================================================
+entity     the entity of the finding
+key        the key, the same JSON array text as in findings.parquet
+source     ``stream:<name>``
+position   0 for the newest row (``order_by`` descending), then 1, 2...
+at         the stream row's ``time`` value (ISO text), when the stream has one
+row        every column of the stream row, a JSON object (exact encoding)
+roles      JSON: which spec expressions are the stream's key/order_by/time
+=========  ===============================================================
+
+Keys are fetched in batches with :func:`audit.rebuild.key_filter_clause`, one
+windowed query per stream and batch (never one query per key), and written
+batch by batch, so memory follows the capped number of keys, not the tables.
+Evidence rows are matched back to findings by the JSON text of the stream's
+key values; keys whose type does not round-trip through JSON identically (a
+float stream key for an integer entity key, say) get no evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from audit.findings import from_json, iso, key_to_json, to_json
+from audit.ranking import RANK_COLUMNS, top_indices
+from audit.rebuild import key_filter_clause
+from audit.schema import BoundSpec, BoundStream
+
+EVIDENCE = "evidence.parquet"
+EVIDENCE_KEYS = 2000
+ROWS_PER_KEY = 20
+BATCH_KEYS = 500
+
+EVIDENCE_SCHEMA = pa.schema(
+    [
+        ("entity", pa.string()),
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("position", pa.int32()),
+        ("at", pa.string()),
+        ("row", pa.string()),
+        ("roles", pa.string()),
+    ]
+)
+
+
+def drifted_keys(findings_path: Path, limit: int = EVIDENCE_KEYS) -> dict[str, list[str]]:
+    """The distinct keys (JSON text) of the first ``limit`` findings, by entity.
+
+    Null keys are left out: they name no entity row and no stream rows.
+    """
+    table = pq.read_table(str(findings_path), columns=list(RANK_COLUMNS))
+    top = table.take(top_indices(table, limit))
+    keys: dict[str, dict[str, None]] = defaultdict(dict)
+    for entity, key in zip(top["entity"].to_pylist(), top["key"].to_pylist()):
+        values = from_json(key)
+        if isinstance(values, list) and values and all(v is not None for v in values):
+            keys[entity][key] = None
+    return {entity: list(found) for entity, found in keys.items()}
+
+
+def collect_evidence(
+    conn: Connection,
+    bound: BoundSpec,
+    folder: Path,
+    *,
+    keys_limit: int = EVIDENCE_KEYS,
+    rows_per_key: int = ROWS_PER_KEY,
+    batch_keys: int = BATCH_KEYS,
+) -> int:
+    """Write ``evidence.parquet`` into ``folder`` and return its row count.
+
+    Reads ``findings.parquet`` from the same folder; runs on ``conn`` (the
+    audit's snapshot), so the evidence is what the diff saw.
+    """
+    wanted = drifted_keys(folder / "findings.parquet", keys_limit)
+    writer = pq.ParquetWriter(str(folder / EVIDENCE), EVIDENCE_SCHEMA, compression="zstd")
+    total = 0
+    try:
+        for entity_name, keys in wanted.items():
+            entity = bound.entities.get(entity_name)
+            if entity is None:
+                continue
+            for stream_name in entity.spec.streams:
+                stream = bound.streams[stream_name]
+                for start in range(0, len(keys), batch_keys):
+                    batch = keys[start : start + batch_keys]
+                    rows = list(_stream_rows(conn, stream, entity_name, batch, rows_per_key))
+                    if rows:
+                        writer.write_table(pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA))
+                        total += len(rows)
+    finally:
+        writer.close()
+    return total
+
+
+def _label(table: sa.Table, base: str) -> str:
+    """A result label that no column of the table already uses."""
+    label = base
+    while label in table.c:
+        label = "_" + label
+    return label
+
+
+def _stream_rows(
+    conn: Connection, stream: BoundStream, entity: str, keys: list[str], rows_per_key: int
+) -> Iterator[dict[str, Any]]:
+    wanted = set(keys)
+    values = [tuple(from_json(k)) for k in keys]
+    table = stream.table
+    key_labels = [_label(table, f"drift_key{i}") for i in range(len(stream.key))]
+    position = _label(table, "drift_position")
+    at = _label(table, "drift_at")
+    window = sa.func.row_number().over(
+        partition_by=list(stream.key), order_by=[o.desc() for o in stream.order_by]
+    )
+    selected = [*table.c, *(k.label(lbl) for k, lbl in zip(stream.key, key_labels))]
+    selected.append(window.label(position))
+    if stream.time is not None:
+        selected.append(stream.time.label(at))
+    inner = (
+        sa.select(*selected)
+        .select_from(table)
+        .where(key_filter_clause(stream.key, values))
+        .subquery("evidence")
+    )
+    query = (
+        sa.select(inner)
+        .where(inner.c[position] <= rows_per_key)
+        .order_by(*(inner.c[lbl] for lbl in key_labels), inner.c[position])
+    )
+    roles = json.dumps(
+        {
+            "key": list(stream.spec.key),
+            "order_by": list(stream.spec.order_by),
+            "time": stream.spec.time,
+        },
+        ensure_ascii=False,
+    )
+    names = [c.name for c in table.c]
+    for record in conn.execute(query):
+        m = record._mapping
+        key = key_to_json([m[lbl] for lbl in key_labels])
+        if key not in wanted:
+            continue
+        yield {
+            "entity": entity,
+            "key": key,
+            "source": f"stream:{stream.spec.name}",
+            "position": int(m[position]) - 1,
+            "at": iso(m[at]) if stream.time is not None else None,
+            "row": to_json({name: m[name] for name in names}),
+            "roles": roles,
+        }
+
+
+def read_evidence(folder: Path, keys: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict]]:
+    """Evidence rows for some (entity, key) pairs, grouped, newest first per source."""
+    path = folder / EVIDENCE
+    found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    if not path.is_file() or not keys:
+        return found
+    table = pq.read_table(str(path))
+    for row in table.to_pylist():
+        pair = (row["entity"], row["key"])
+        if pair in keys:
+            found[pair].append(row)
+    for rows in found.values():
+        rows.sort(key=lambda r: (r["source"], r["position"]))
+    return found
