@@ -186,6 +186,68 @@ def report(
         webbrowser.open(path.resolve().as_uri())
 
 
+# --------------------------------------------------------------------------- check
+
+
+class CheckFormat(StrEnum):
+    text = "text"
+    json = "json"
+    prometheus = "prometheus"
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The spec file (drift.toml).")],
+    db: Annotated[str | None, typer.Option("--db", help="Database URL.")] = None,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", min=0, help="Drifted rows tolerated (default 0).")
+    ] = 0,
+    max_abs_delta: Annotated[
+        float | None,
+        typer.Option("--max-abs-delta", min=0, help="Total |expected - actual| tolerated."),
+    ] = None,
+    format: Annotated[
+        CheckFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = CheckFormat.text,
+    textfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--textfile",
+            help="Also write the Prometheus metrics to this file, "
+            "atomically (node exporter textfile collector).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Keep the audit folder here.")
+    ] = None,
+) -> None:
+    """Drift alert: audit, then exit 1 when a threshold is crossed (0 otherwise, 2 on error).
+
+    For cron and monitoring; the audit is a dry run, as with `drift audit`.
+    """
+    from audit.check import (
+        Thresholds,
+        render_json,
+        render_prometheus,
+        render_text,
+        run_check,
+        write_textfile,
+    )
+
+    result = run_check(
+        config, db=db, thresholds=Thresholds(max_rows, max_abs_delta), out=out, progress=progress
+    )
+    renderers = {
+        CheckFormat.text: render_text,
+        CheckFormat.json: render_json,
+        CheckFormat.prometheus: render_prometheus,
+    }
+    typer.echo(renderers[format](result).rstrip("\n"))
+    if textfile is not None:
+        write_textfile(textfile, render_prometheus(result))
+    raise typer.Exit(1 if result.crossed else 0)
+
+
 # --------------------------------------------------------------------------- demo
 
 

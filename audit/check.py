@@ -1,0 +1,227 @@
+"""Drift alerts: an audit judged against thresholds, for cron and Prometheus.
+
+``drift check`` runs the same audit as ``drift audit`` (by default into a
+temporary folder that is removed afterwards), then says whether a threshold was
+crossed. Renderings: a line of text, JSON, or the Prometheus text format for the
+node exporter's textfile collector.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.findings import KINDS, read_findings
+from audit.run import AuditResult, Progress, run_audit
+from audit.spec import Spec
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Drift tolerated before a check fails: more drifted rows, or more total |delta|."""
+
+    max_rows: int = 0
+    max_abs_delta: float | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    summary: dict[str, Any]
+    thresholds: Thresholds
+    reasons: tuple[str, ...]
+    finished_at: float
+    series: tuple[tuple[str, str, str, int], ...]  # (entity, column, kind, findings)
+    out_dir: Path | None
+
+    @property
+    def crossed(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def drifted_rows(self) -> int:
+        return int(self.summary["counts"]["drifted_rows"])
+
+    @property
+    def abs_delta_sum(self) -> float:
+        return sum(
+            stats["sum"]
+            for columns in self.summary["counts"].get("abs_delta", {}).values()
+            for stats in columns.values()
+        )
+
+
+def run_check(
+    spec: Spec | str | Path,
+    db: str | None = None,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+    audit_options: Mapping[str, Any] | None = None,
+) -> CheckResult:
+    """Audit, then judge the result against the thresholds.
+
+    With ``out`` the audit folder is kept there; otherwise it is written to a
+    temporary folder and removed. ``audit_options`` are passed to
+    :func:`audit.run.run_audit` (e.g. incremental options).
+    """
+    scratch = None
+    if out is None:
+        scratch = Path(tempfile.mkdtemp(prefix="drift-check-"))
+        target: Path = scratch / "audit"
+    else:
+        target = Path(out)
+    try:
+        result = run_audit(
+            spec,
+            db=db,
+            out=target,
+            progress=progress,
+            write_report=out is not None,
+            **dict(audit_options or {}),
+        )
+        series = _series(result)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return judge(result, thresholds, series, None if scratch is not None else result.out_dir)
+
+
+def _series(result: AuditResult) -> tuple[tuple[str, str, str, int], ...]:
+    counts: dict[tuple[str, str, str], int] = {}
+    for row in read_findings(result.findings_path):
+        label = (row["entity"], row["column"] or "", row["kind"])
+        counts[label] = counts.get(label, 0) + 1
+    return tuple((e, c, k, n) for (e, c, k), n in sorted(counts.items()))
+
+
+def judge(
+    result: AuditResult,
+    thresholds: Thresholds,
+    series: tuple[tuple[str, str, str, int], ...],
+    out_dir: Path | None,
+) -> CheckResult:
+    summary = result.summary
+    reasons = []
+    rows = int(summary["counts"]["drifted_rows"])
+    if rows > thresholds.max_rows:
+        reasons.append(f"{rows} drifted row(s) > --max-rows {thresholds.max_rows}")
+    check = CheckResult(summary, thresholds, (), time.time(), series, out_dir)
+    if thresholds.max_abs_delta is not None and check.abs_delta_sum > thresholds.max_abs_delta:
+        reasons.append(
+            f"total |delta| {check.abs_delta_sum:g} > --max-abs-delta {thresholds.max_abs_delta:g}"
+        )
+    return CheckResult(summary, thresholds, tuple(reasons), check.finished_at, series, out_dir)
+
+
+# --------------------------------------------------------------------------- renderings
+
+
+def render_text(check: CheckResult) -> str:
+    counts = check.summary["counts"]
+    state = "ALERT" if check.crossed else "OK"
+    kinds = ", ".join(f"{k} {v}" for k, v in counts["by_kind"].items()) or "no findings"
+    line = f"drift check {state}: {check.drifted_rows} drifted row(s) ({kinds})"
+    if check.reasons:
+        line += "; " + "; ".join(check.reasons)
+    return line
+
+
+def render_json(check: CheckResult) -> str:
+    return json.dumps(
+        {
+            "crossed": check.crossed,
+            "reasons": list(check.reasons),
+            "drifted_rows": check.drifted_rows,
+            "abs_delta_sum": check.abs_delta_sum,
+            "thresholds": {
+                "max_rows": check.thresholds.max_rows,
+                "max_abs_delta": check.thresholds.max_abs_delta,
+            },
+            "counts": check.summary["counts"],
+            "findings": [
+                {"entity": e, "column": c or None, "kind": k, "findings": n}
+                for e, c, k, n in check.series
+            ],
+            "duration_seconds": check.summary["timings"]["total"],
+            "audit_folder": str(check.out_dir) if check.out_dir else None,
+        },
+        indent=2,
+        ensure_ascii=False,
+    )
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_prometheus(check: CheckResult) -> str:
+    """The Prometheus text exposition format (node exporter textfile collector)."""
+    lines = [
+        "# HELP drift_findings Findings of the last drift check, by entity, column and kind.",
+        "# TYPE drift_findings gauge",
+    ]
+    seen = set()
+    for entity, column, kind, n in check.series:
+        seen.add((entity, column, kind))
+        lines.append(
+            f'drift_findings{{entity="{_label(entity)}",column="{_label(column)}",'
+            f'kind="{_label(kind)}"}} {n}'
+        )
+    # Zero series for every audited entity, so an alert can see the drift go away.
+    for entity, stats in check.summary.get("entities", {}).items():
+        for column in stats.get("columns", {}):
+            if (entity, column, "mismatch") not in seen:
+                lines.append(
+                    f'drift_findings{{entity="{_label(entity)}",column="{_label(column)}",'
+                    f'kind="mismatch"}} 0'
+                )
+        for kind in KINDS[1:]:
+            if (entity, "", kind) not in seen:
+                lines.append(
+                    f'drift_findings{{entity="{_label(entity)}",column="",kind="{kind}"}} 0'
+                )
+    lines += [
+        "# HELP drift_drifted_rows Drifted rows found by the last drift check.",
+        "# TYPE drift_drifted_rows gauge",
+        f"drift_drifted_rows {check.drifted_rows}",
+        "# HELP drift_abs_delta_sum Sum of |expected - actual| over numeric findings.",
+        "# TYPE drift_abs_delta_sum gauge",
+        f"drift_abs_delta_sum {check.abs_delta_sum:g}",
+        "# HELP drift_threshold_crossed 1 when the last check crossed a threshold.",
+        "# TYPE drift_threshold_crossed gauge",
+        f"drift_threshold_crossed {int(check.crossed)}",
+        "# HELP drift_audit_duration_seconds Wall time of the last drift check's audit.",
+        "# TYPE drift_audit_duration_seconds gauge",
+        f"drift_audit_duration_seconds {check.summary['timings']['total']:g}",
+        "# HELP drift_last_success_timestamp Unix time of the last check that completed.",
+        "# TYPE drift_last_success_timestamp gauge",
+        f"drift_last_success_timestamp {check.finished_at:.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: str | Path, text: str) -> None:
+    """Write atomically, as the textfile collector requires (temp file + rename)."""
+    from audit.errors import OutputError
+
+    path = Path(path)
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w",
+            dir=path.parent,
+            prefix=f".{path.name}.",
+            suffix=".tmp",
+            delete=False,
+            encoding="utf-8",
+        ) as handle:
+            handle.write(text)
+        Path(handle.name).replace(path)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
