@@ -10,7 +10,6 @@ DRIFT_REQUIRE_SERVERS=1.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -117,44 +116,22 @@ class Backend:
 
 
 def _make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
-    if name == "sqlite":
-        path = tmp_path / "test.db"
-        url = f"sqlite:///{path}"
+    from drift.testing import scratch_database
+
+    if name != "sqlite":
+        require_server(name)
+    base = {"sqlite": None, "postgresql": POSTGRES_URL, "mysql": MYSQL_URL}[name]
+    with scratch_database(base, tmp_path) as url:
+        parsed = make_url(url)
+        if name == "postgresql":
+            schema = str(parsed.query["options"]).split("search_path=", 1)[1]
+        else:
+            schema = parsed.database or ""
         engine = sa.create_engine(url)
-        yield Backend(name=name, url=url, engine=engine, tmp_path=tmp_path)
-        engine.dispose()
-        return
-    require_server(name)
-    scratch = f"drift_t_{uuid.uuid4().hex[:12]}"
-    if name == "postgresql":
-        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{scratch}"'))
-        url_obj = make_url(POSTGRES_URL)
-        url_obj = url_obj.update_query_dict({"options": f"-csearch_path={scratch}"})
-    else:
-        admin = sa.create_engine(MYSQL_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text(
-                    f"CREATE DATABASE `{scratch}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-                )
-            )
-        url_obj = make_url(MYSQL_URL).set(database=scratch)
-        url_obj = url_obj.update_query_dict({"charset": "utf8mb4"})
-    url = url_obj.render_as_string(hide_password=False)
-    engine = sa.create_engine(url)
-    backend = Backend(name=name, url=url, engine=engine, tmp_path=tmp_path, schema=scratch)
-    try:
-        yield backend
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            if name == "postgresql":
-                conn.execute(sa.text(f'DROP SCHEMA "{scratch}" CASCADE'))
-            else:
-                conn.execute(sa.text(f"DROP DATABASE `{scratch}`"))
-        admin.dispose()
+        try:
+            yield Backend(name=name, url=url, engine=engine, tmp_path=tmp_path, schema=schema)
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)

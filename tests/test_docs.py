@@ -59,3 +59,9 @@ def test_the_reference_example_audits_the_demo_shop(tmp_path):
     spec_path.write_text(example)
     result = run_audit(spec_path, out=tmp_path / "audit", write_report=False)
     assert result.summary["counts"]["by_kind"] == {"mismatch": 3, "missing_row": 1, "orphan_row": 1}
+
+
+def test_testing_doc_embeds_the_example_that_the_suite_runs():
+    doc = (ROOT / "docs" / "testing.md").read_text()
+    example = (ROOT / "docs" / "examples" / "concurrency" / "test_ship_stock.py").read_text()
+    assert f"```python\n{example.rstrip()}\n```" in doc
