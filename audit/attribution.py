@@ -652,7 +652,7 @@ def attribute(
     bound: BoundSpec,
     entity: BoundEntity,
     findings: Iterable[Finding],
-    batch_keys: int = BATCH_KEYS,
+    batch_keys: int | None = None,
 ) -> Iterator[Finding]:
     """Add ``cause`` and ``evidence`` to an entity's findings, batch by batch.
 
@@ -664,6 +664,7 @@ def attribute(
     if not job_logs:
         yield from findings
         return
+    batch_keys = batch_keys or BATCH_KEYS
     batch: list[Finding] = []
     keys: dict[Key, None] = {}
     for finding in findings:
