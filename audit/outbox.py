@@ -159,16 +159,22 @@ def unannounced_events(
 def duplicate_announcements(
     conn: Connection, outbox: BoundOutbox, stream: BoundStream
 ) -> Iterator[Finding]:
-    dup = (
-        sa.select(
-            outbox.announces.label("announces"),
-            sa.func.count().label("n"),
-            sa.func.min(outbox.id).label("first_id"),
-            sa.func.max(outbox.id).label("last_id"),
-        )
+    # Group a subquery's column: a JSON path compiled twice would bind twice, and
+    # PostgreSQL would not see the GROUP BY expression as the selected one.
+    msgs = (
+        sa.select(outbox.announces.label("announces"), outbox.id.label("id"))
         .select_from(outbox.table)
         .where(_messages(outbox))
-        .group_by(outbox.announces)
+        .subquery("msgs")
+    )
+    dup = (
+        sa.select(
+            msgs.c.announces,
+            sa.func.count().label("n"),
+            sa.func.min(msgs.c.id).label("first_id"),
+            sa.func.max(msgs.c.id).label("last_id"),
+        )
+        .group_by(msgs.c.announces)
         .having(sa.func.count() > 1)
         .subquery("dup")
     )
@@ -239,7 +245,10 @@ def stuck_messages(
     now = instant(snapshot_at)
     if now is None or outbox.published_at is None:
         return
-    cutoff = now - stuck_after
+    try:
+        cutoff = now - stuck_after
+    except OverflowError:  # a threshold older than the calendar: nothing is stuck
+        return
     query = (
         sa.select(
             *(k.label(f"k{i}") for i, k in enumerate(outbox.key)),
