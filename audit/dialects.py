@@ -45,6 +45,10 @@ class Dialect:
         """
         return json_text(expr, path)
 
+    def bytes_text(self, expr: ColumnElement) -> ColumnElement:
+        """Binary data read as UTF-8 text (so JSON stored as bytes can be read)."""
+        return bytes_text(expr)
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -112,8 +116,13 @@ class json_text(FunctionElement):  # noqa: N801 - a SQL function
 
 
 def _json_path(path: tuple[str, ...]) -> str:
-    """A MySQL/SQLite JSON path: ``$."a"."b"`` with each key quoted."""
-    return "$" + "".join('."' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in path)
+    """A MySQL/SQLite JSON path: ``$."a"[0]`` (keys quoted; digits index arrays)."""
+    return "$" + "".join(
+        f"[{p}]"
+        if p.isascii() and p.isdigit()
+        else '."' + p.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for p in path
+    )
 
 
 @compiles(json_text, "postgresql")
@@ -144,6 +153,32 @@ def _compile_json_text_sqlite(element, compiler, **kw):  # type: ignore[no-untyp
     (arg,) = list(element.clauses)
     path = compiler.process(sa.bindparam(None, _json_path(element.path), unique=True), **kw)
     return f"CAST(json_extract({compiler.process(arg, **kw)}, {path}) AS TEXT)"
+
+
+class bytes_text(FunctionElement):  # noqa: N801 - a SQL function
+    """UTF-8 text of a binary value (see :meth:`Dialect.bytes_text`)."""
+
+    inherit_cache = True
+    type = sa.Text()
+    name = "bytes_text"
+
+
+@compiles(bytes_text, "postgresql")
+def _compile_bytes_text_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"convert_from({compiler.process(arg, **kw)}, 'UTF8')"
+
+
+@compiles(bytes_text, "mysql")
+def _compile_bytes_text_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CONVERT({compiler.process(arg, **kw)} USING utf8mb4)"
+
+
+@compiles(bytes_text, "sqlite")
+def _compile_bytes_text_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS TEXT)"
 
 
 class SQLiteDialect(Dialect):

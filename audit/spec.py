@@ -447,9 +447,9 @@ def _parse_job_log(name: str, raw: dict[str, Any], entities: dict[str, Entity]) 
     where = f"job_logs.{name}"
     _check_keys(raw, _JOB_LOG_KEYS, where)
     preset = _opt_str(raw, "preset", where)
-    if preset is not None:
-        from audit.presets import PRESETS
+    from audit.presets import PRESETS
 
+    if preset is not None:
         if preset not in PRESETS:
             raise SpecError(
                 f"{where}.preset: unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; "
@@ -462,7 +462,10 @@ def _parse_job_log(name: str, raw: dict[str, Any], entities: dict[str, Entity]) 
     entity = _entity_ref(raw, where, entities)
     key = _ref_list(raw, "key", where)
     _check_arity(key, entity, where)
-    failed = raw.get("failed", list(DEFAULT_FAILED_STATUSES))
+    default_failed = DEFAULT_FAILED_STATUSES
+    if preset is not None:
+        default_failed = PRESETS[preset].failed
+    failed = raw.get("failed", list(default_failed))
     if isinstance(failed, str):
         failed = [failed]
     if not isinstance(failed, list) or not all(isinstance(v, str) for v in failed):
