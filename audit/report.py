@@ -17,6 +17,7 @@ from audit.errors import OutputError
 from audit.findings import ROW_KINDS
 from audit.output import FINDINGS, REPORT, read_summary
 from audit.templating import html_environment
+from audit.timeline import attribution_view
 
 DEFAULT_TOP = 2000
 
@@ -50,7 +51,13 @@ def render_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Path:
     html = (
         html_environment()
         .get_template("report.html.j2")
-        .render(summary=summary, findings=findings, total=total, shown=len(findings))
+        .render(
+            summary=summary,
+            findings=findings,
+            total=total,
+            shown=len(findings),
+            attribution=attribution_view(findings, summary),
+        )
     )
     path = folder / REPORT
     try:

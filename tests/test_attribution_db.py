@@ -277,3 +277,16 @@ def test_a_job_log_where_filters_runs(backend, tmp_path, where):
     _, found = audit(backend, tmp_path, spec)
     assert found[("A", "balance")]["cause"] == "unexplained_write"
     assert json.loads(found[("A", "balance")]["evidence"])["runs"][0]["id"] == 10
+
+
+def test_report_shows_causes_and_timelines_escaped(backend, tmp_path):
+    with backend.engine.begin() as conn:
+        build(conn)
+        conn.execute(runs.update().where(runs.c.id == 1).values(job="<script>alert(1)</script>"))
+    result, _ = audit(backend, tmp_path)
+    html = result.report_path.read_text()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; #1" in html
+    # A, B and F (overlapping pairs) and D (attempts 1 and 2): two lanes each
+    assert html.count('class="lane"') == 8
+    assert "Fix first:" in html and "double_apply" in html
