@@ -409,7 +409,7 @@ def _row_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _norm(key: Key, is_json: Sequence[bool]) -> Key:
-    """An entity key as the job log or outbox holds it (JSON parts read as text)."""
+    """An entity key as the job log or outbox compares it (some parts as text)."""
     return tuple(str(v) if j else v for v, j in zip(key, is_json))
 
 
@@ -419,7 +419,7 @@ def fetch_runs(
     """Every run of the job logs on these keys, grouped by entity key, in start order."""
     found: dict[Key, list[Run]] = defaultdict(list)
     for job_log in job_logs:
-        lookup = {_norm(k, job_log.key_is_json): k for k in keys}
+        lookup = {_norm(k, job_log.key_as_text): k for k in keys}
         n = len(job_log.key)
         cols: list[ColumnElement] = [k.label(f"k{i}") for i, k in enumerate(job_log.key)]
         null = sa.null()
@@ -564,7 +564,7 @@ def fetch_messages(
     """The newest outbox messages of each key (at most MAX_MESSAGES_SHOWN)."""
     found: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for outbox in outboxes:
-        lookup = {_norm(k, outbox.key_is_json): k for k in keys}
+        lookup = {_norm(k, outbox.key_as_text): k for k in keys}
         n = len(outbox.key)
         null = sa.null()
         query = (

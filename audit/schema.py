@@ -73,7 +73,7 @@ class BoundJobLog:
     spec: JobLog
     source: sa.FromClause
     key: tuple[ColumnElement, ...]
-    key_is_json: tuple[bool, ...]
+    key_as_text: tuple[bool, ...]  # JSON references, or text on one side only
     id: ColumnElement
     job: ColumnElement
     worker: ColumnElement | None
@@ -89,7 +89,7 @@ class BoundOutbox:
     spec: Outbox
     table: sa.Table
     key: tuple[ColumnElement, ...]
-    key_is_json: tuple[bool, ...]
+    key_as_text: tuple[bool, ...]  # JSON references, or text on one side only
     id: ColumnElement
     announces: ColumnElement
     announces_is_json: bool
@@ -183,7 +183,8 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             key_is_unique=bool(key_columns) and _is_unique(inspector, table, key_columns),
         )
     job_logs = {
-        name: _bind_job_log(conn, job_log, reflect, json) for name, job_log in spec.job_logs.items()
+        name: _bind_job_log(conn, job_log, reflect, json, entities[job_log.entity])
+        for name, job_log in spec.job_logs.items()
     }
     outboxes = {}
     for name, outbox in spec.outboxes.items():
@@ -194,11 +195,16 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                 None if text is None else _resolve_ref(table, text, f"{outbox.section}.{key}", json)
             )
 
+        key, as_text = _text_keys(
+            tuple(ref(k, f"key[{i}]") for i, k in enumerate(outbox.key)),
+            outbox.key,
+            entities[outbox.entity],
+        )
         outboxes[name] = BoundOutbox(
             spec=outbox,
             table=table,
-            key=tuple(ref(k, f"key[{i}]") for i, k in enumerate(outbox.key)),
-            key_is_json=tuple(isinstance(k, JsonRef) for k in outbox.key),
+            key=key,
+            key_as_text=as_text,
             id=ref(outbox.id, "id"),
             announces=ref(outbox.announces, "announces"),
             announces_is_json=isinstance(outbox.announces, JsonRef),
@@ -238,7 +244,26 @@ def _bind_witness(
     )
 
 
-def _bind_job_log(conn: Connection, job_log: JobLog, reflect, json) -> BoundJobLog:  # type: ignore[no-untyped-def]
+def _text_keys(
+    key: tuple[ColumnElement, ...], refs: tuple[Ref, ...], entity: BoundEntity
+) -> tuple[tuple[ColumnElement, ...], tuple[bool, ...]]:
+    """Key parts to compare as text: JSON references, and columns whose type is
+    text on one side only (``'1004'`` in an outbox, ``1004`` in the entity)."""
+    parts, as_text = [], []
+    for expr, ref, target in zip(key, refs, entity.key):
+        text = isinstance(ref, JsonRef)
+        if not text and isinstance(expr, sa.Column) and isinstance(target, sa.Column):
+            text = _is_text(expr.type) != _is_text(target.type)
+        if text and not isinstance(ref, JsonRef) and not _is_text(expr.type):
+            expr = sa.cast(expr, sa.String)
+        parts.append(expr)
+        as_text.append(text)
+    return tuple(parts), tuple(as_text)
+
+
+def _bind_job_log(  # type: ignore[no-untyped-def]
+    conn: Connection, job_log: JobLog, reflect, json, entity: BoundEntity
+) -> BoundJobLog:  # type: ignore[no-untyped-def]
     section = job_log.section
     if job_log.preset is not None:
         from audit.presets import bind_preset
@@ -266,13 +291,18 @@ def _bind_job_log(conn: Connection, job_log: JobLog, reflect, json) -> BoundJobL
 
     id_, job, started = ref("id"), ref("job"), ref("started_at")
     assert id_ is not None and job is not None and started is not None
+    key, as_text = _text_keys(
+        tuple(
+            _resolve_ref(source, k, f"{section}.key[{i}]", json) for i, k in enumerate(job_log.key)
+        ),
+        job_log.key,
+        entity,
+    )
     return BoundJobLog(
         spec=job_log,
         source=source,
-        key=tuple(
-            _resolve_ref(source, k, f"{section}.key[{i}]", json) for i, k in enumerate(job_log.key)
-        ),
-        key_is_json=tuple(isinstance(k, JsonRef) for k in job_log.key),
+        key=key,
+        key_as_text=as_text,
         id=id_,
         job=job,
         worker=ref("worker"),

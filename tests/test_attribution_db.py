@@ -290,3 +290,53 @@ def test_report_shows_causes_and_timelines_escaped(backend, tmp_path):
     # A, B and F (overlapping pairs) and D (attempts 1 and 2): two lanes each
     assert html.count('class="lane"') == 8
     assert "Fix first:" in html and "double_apply" in html
+
+
+def test_a_text_job_log_key_matches_an_integer_entity_key(backend, tmp_path):
+    backend.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+    backend.execute(
+        "CREATE TABLE item_events (id INTEGER PRIMARY KEY, item INTEGER NOT NULL, "
+        "delta INTEGER NOT NULL, run_id INTEGER)"
+    )
+    backend.execute(
+        "CREATE TABLE item_runs (id INTEGER PRIMARY KEY, item_ref VARCHAR(16), "
+        "job VARCHAR(16) NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32))"
+    )
+    backend.execute("INSERT INTO items VALUES (1004, 2), (1005, 5)")
+    backend.execute(
+        "INSERT INTO item_events VALUES (1, 1004, 1, 1), (2, 1004, 2, 2), (3, 1005, 5, 3)"
+    )
+    backend.execute(
+        "INSERT INTO item_runs VALUES (1, '1004', 'add', '2026-01-01T00:00:00', "
+        "'2026-01-01T00:00:10'), (2, '1004', 'add', '2026-01-01T00:00:05', "
+        "'2026-01-01T00:00:15'), (3, '1005', 'add', '2026-01-01T00:01:00', NULL), "
+        "(4, ' 1004', 'add', '2026-01-01T00:00:01', '2026-01-01T00:00:02')"
+    )
+    spec = """
+version = 1
+[streams.e]
+table = "item_events"
+key = ["item"]
+order_by = ["id"]
+run_id = "run_id"
+[entities.items]
+table = "items"
+key = ["id"]
+[entities.items.columns.n]
+stream = "e"
+fold = "sum"
+value = "delta"
+[job_logs.runs]
+table = "item_runs"
+entity = "items"
+key = ["item_ref"]
+name = "job"
+started_at = "started_at"
+finished_at = "finished_at"
+"""
+    _, found = audit(backend, tmp_path, spec)
+    assert set(found) == {(1004, "n")}
+    evidence = json.loads(found[(1004, "n")]["evidence"])
+    assert found[(1004, "n")]["cause"] == "lost_update"
+    assert evidence["overlapping_runs"] == [[1, 2]]  # run 4's ' 1004' is another key
+    assert evidence["lost_runs"] == [1]
