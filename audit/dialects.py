@@ -42,6 +42,18 @@ class Dialect:
         itself rejects such sums (or offers no way to tell)."""
         return None
 
+    def json_text(self, expr: ColumnElement, path: tuple[str, ...]) -> ColumnElement:
+        """The value at ``path`` inside a JSON (or JSON text) column, as text.
+
+        A JSON null or a missing path reads as SQL NULL. Compiled per dialect
+        by :class:`json_text` below; the path is always a bound parameter.
+        """
+        return json_text(expr, path)
+
+    def bytes_text(self, expr: ColumnElement) -> ColumnElement:
+        """Binary data read as UTF-8 text (so JSON stored as bytes can be read)."""
+        return bytes_text(expr)
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -94,6 +106,84 @@ class _utf8mb4_bytes(FunctionElement):  # noqa: N801 - a SQL function
 def _compile_utf8mb4_bytes(element, compiler, **kw):  # type: ignore[no-untyped-def]
     (arg,) = list(element.clauses)
     return f"CAST(CONVERT({compiler.process(arg, **kw)} USING utf8mb4) AS BINARY)"
+
+
+class json_text(FunctionElement):  # noqa: N801 - a SQL function
+    """The text at a path inside a JSON value (see :meth:`Dialect.json_text`)."""
+
+    inherit_cache = False
+    type = sa.Text()
+    name = "json_text"
+
+    def __init__(self, expr: ColumnElement, path: tuple[str, ...]) -> None:
+        self.path = tuple(path)
+        super().__init__(expr)
+
+
+def _json_path(path: tuple[str, ...]) -> str:
+    """A MySQL/SQLite JSON path: ``$."a"[0]`` (keys quoted; digits index arrays)."""
+    return "$" + "".join(
+        f"[{p}]"
+        if p.isascii() and p.isdigit()
+        else '."' + p.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for p in path
+    )
+
+
+@compiles(json_text, "postgresql")
+def _compile_json_text_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    path = sa.bindparam(None, list(element.path), type_=ARRAY(sa.Text()), unique=True)
+    return f"(CAST({compiler.process(arg, **kw)} AS JSON) #>> {compiler.process(path, **kw)})"
+
+
+@compiles(json_text, "mysql")
+def _compile_json_text_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+
+    def extracted() -> str:  # each use gets its own bound path (positional parameters)
+        path = compiler.process(sa.bindparam(None, _json_path(element.path), unique=True), **kw)
+        return f"JSON_EXTRACT({compiler.process(arg, **kw)}, {path})"
+
+    return (
+        f"(CASE WHEN JSON_TYPE({extracted()}) = 'NULL' THEN NULL "
+        f"ELSE JSON_UNQUOTE({extracted()}) END)"
+    )
+
+
+@compiles(json_text, "sqlite")
+def _compile_json_text_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    path = compiler.process(sa.bindparam(None, _json_path(element.path), unique=True), **kw)
+    return f"CAST(json_extract({compiler.process(arg, **kw)}, {path}) AS TEXT)"
+
+
+class bytes_text(FunctionElement):  # noqa: N801 - a SQL function
+    """UTF-8 text of a binary value (see :meth:`Dialect.bytes_text`)."""
+
+    inherit_cache = True
+    type = sa.Text()
+    name = "bytes_text"
+
+
+@compiles(bytes_text, "postgresql")
+def _compile_bytes_text_pg(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"convert_from({compiler.process(arg, **kw)}, 'UTF8')"
+
+
+@compiles(bytes_text, "mysql")
+def _compile_bytes_text_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CONVERT({compiler.process(arg, **kw)} USING utf8mb4)"
+
+
+@compiles(bytes_text, "sqlite")
+def _compile_bytes_text_sqlite(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS TEXT)"
 
 
 class SQLiteDialect(Dialect):

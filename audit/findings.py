@@ -29,7 +29,17 @@ ORPHAN_ROW = "orphan_row"
 DUPLICATE_KEY = "duplicate_key"
 NULL_KEY = "null_key"
 ROW_KINDS = (MISSING_ROW, ORPHAN_ROW, DUPLICATE_KEY, NULL_KEY)
-KINDS = (MISMATCH, *ROW_KINDS)
+WITNESS_DISAGREEMENT = "witness_disagreement"
+UNANNOUNCED_EVENT = "unannounced_event"
+DUPLICATE_ANNOUNCEMENT = "duplicate_announcement"
+STUCK_MESSAGE = "stuck_message"
+ORPHAN_MESSAGE = "orphan_message"
+OUTBOX_KINDS = (UNANNOUNCED_EVENT, DUPLICATE_ANNOUNCEMENT, STUCK_MESSAGE, ORPHAN_MESSAGE)
+KINDS = (MISMATCH, *ROW_KINDS, WITNESS_DISAGREEMENT, *OUTBOX_KINDS)
+DRIFT_KINDS = (MISMATCH, *ROW_KINDS)  # a current row differs from its rebuild
+ATTRIBUTED_CAUSES = ("lost_update", "double_apply", "stale_overwrite")
+# What a job can be blamed for: the race causes, and outbox writes it got wrong.
+JOB_FAULTS = (*ATTRIBUTED_CAUSES, UNANNOUNCED_EVENT, DUPLICATE_ANNOUNCEMENT)
 
 
 class _Absent:
@@ -70,6 +80,8 @@ class Finding:
     delta: float | None = None
     last_event_at: Any = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    cause: str | None = None  # audit.attribution.CAUSES; None: not attributed
+    evidence: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def key_json(self) -> str:
@@ -169,6 +181,8 @@ FINDINGS_SCHEMA = pa.schema(
         ("delta", pa.float64()),
         ("last_event_at", pa.string()),
         ("extra", pa.string()),
+        ("cause", pa.string()),
+        ("evidence", pa.string()),
     ]
 )
 
@@ -194,6 +208,9 @@ class FindingsWriter:
         self.by_column: dict[str, Counter[str]] = defaultdict(Counter)
         self.drifted_keys: dict[str, set[str]] = defaultdict(set)
         self.abs_delta: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+        self.by_cause: Counter[str] = Counter()
+        self.by_job: dict[str, Counter[str]] = defaultdict(Counter)
+        self.job_delta: Counter[str] = Counter()
 
     def add(self, finding: Finding) -> None:
         key = finding.key_json
@@ -207,12 +224,20 @@ class FindingsWriter:
         rows["delta"].append(finding.delta)
         rows["last_event_at"].append(iso(finding.last_event_at))
         rows["extra"].append(to_json(finding.extra) if finding.extra else None)
+        rows["cause"].append(finding.cause)
+        rows["evidence"].append(to_json(finding.evidence) if finding.evidence is not None else None)
+        if finding.cause is not None:
+            self.by_cause[finding.cause] += 1
+        for job in (finding.evidence or {}).get("jobs", []):
+            self.by_job[str(job)][finding.cause or finding.kind] += 1
+            self.job_delta[str(job)] += abs(finding.delta or 0.0)
         self.total += 1
         self.by_kind[finding.kind] += 1
         self.by_entity[finding.entity][finding.kind] += 1
         if finding.column is not None:
             self.by_column[finding.entity][finding.column] += 1
-        self.drifted_keys[finding.entity].add(key)
+        if finding.kind in DRIFT_KINDS:
+            self.drifted_keys[finding.entity].add(key)
         if finding.delta is not None and finding.column is not None:
             stats = self.abs_delta[finding.entity].setdefault(
                 finding.column, {"sum": 0.0, "max": 0.0}
@@ -254,7 +279,30 @@ class FindingsWriter:
             },
             "drifted_rows": sum(len(keys) for keys in self.drifted_keys.values()),
             "abs_delta": {e: dict(cols) for e, cols in self.abs_delta.items()},
+            "by_cause": dict(self.by_cause.most_common()),
+            "by_job": {
+                job: {"total": sum(causes.values()), "by_cause": dict(causes)}
+                for job, causes in sorted(
+                    self.by_job.items(), key=lambda item: (-sum(item[1].values()), item[0])
+                )
+            },
         }
+
+    def fix_first(self) -> dict[str, Any] | None:
+        """The job to fix first: the most findings it is blamed for, then the largest |delta|."""
+        scored = [
+            (sum(c[k] for k in JOB_FAULTS), self.job_delta[job], job, c)
+            for job, c in self.by_job.items()
+        ]
+        scored = [s for s in scored if s[0] > 0]
+        if not scored:
+            return None
+        n, delta, job, causes = min(scored, key=lambda s: (-s[0], -s[1], s[2]))
+        parts = [f"{causes[k]} {k.replace('_', ' ')}(s)" for k in JOB_FAULTS if causes[k]]
+        reason = f"{job} is blamed for {n} finding(s): {', '.join(parts)}"
+        if delta:
+            reason += f"; total |delta| {delta:g}"
+        return {"job": job, "findings": n, "reason": reason}
 
 
 def read_findings(path: Path) -> Iterator[dict[str, Any]]:

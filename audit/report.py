@@ -209,6 +209,8 @@ class Report:
     drifted_rows: int
     by_kind: dict[str, int]
     by_cause: dict[str, int]
+    fix_first: dict[str, Any] | None
+    by_job: dict[str, dict[str, Any]]
     entities: tuple[EntityStats, ...]
     delta_charts: tuple[BarChart, ...]
     time_chart: BarChart | None
@@ -229,6 +231,33 @@ class Report:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _fix_first(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The job attribution blames most (summary.json's ``fix_first``), if any."""
+    value = summary.get("fix_first")
+    if not isinstance(value, dict) or not value.get("job"):
+        return None
+    return {
+        "job": _text(value.get("job")),
+        "findings": value.get("findings"),
+        "reason": _text(value.get("reason")),
+    }
+
+
+def _by_job(counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Findings blamed on each job, by cause (summary.json's ``counts.by_job``)."""
+    by_job = counts.get("by_job")
+    if not isinstance(by_job, dict):
+        return {}
+    return {
+        _text(job): {
+            "total": int(stats.get("total", 0)),
+            "by_cause": {_text(k): int(v) for k, v in stats.get("by_cause", {}).items()},
+        }
+        for job, stats in by_job.items()
+        if isinstance(stats, dict)
+    }
 
 
 def safe_json(data: Any) -> Markup:
@@ -603,7 +632,10 @@ def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
     summary = read_summary(folder)
     table = _read_findings(folder)
     names = set(table.column_names)
-    has_attribution = "cause" in names or "evidence" in names
+    # The columns always exist now; attribution is shown when any finding carries it.
+    has_attribution = any(
+        name in names and table[name].null_count < table.num_rows for name in ("cause", "evidence")
+    )
     if has_attribution:
         for name in ("cause", "evidence"):
             if name not in names:
@@ -723,6 +755,8 @@ def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
         drifted_rows=int(counts.get("drifted_rows", 0)),
         by_kind={k: by_kind[k] for k in kinds_present},
         by_cause=by_cause,
+        fix_first=_fix_first(summary),
+        by_job=_by_job(counts),
         entities=tuple(entities),
         delta_charts=_delta_charts(table),
         time_chart=time_chart,

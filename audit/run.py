@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, make_url
 
 from audit import __version__
+from audit.attribution import attribute, evidence_checks
 from audit.database import create_engine, database_errors, mask_url, redact, resolve_url
 from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
@@ -30,6 +31,7 @@ from audit.errors import DatabaseError, OutputError, SpecError
 from audit.evidence import collect_evidence
 from audit.export import write_findings_csv
 from audit.findings import FindingsWriter, iso
+from audit.outbox import DEFAULT_STUCK_AFTER
 from audit.output import AuditFolder
 from audit.rebuild import KeyFilter
 from audit.schema import BoundSpec, BoundStream, bind_spec
@@ -79,11 +81,13 @@ def run_audit(
     progress: Progress | None = None,
     command: str | None = None,
     write_report: bool = True,
+    stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
 ) -> AuditResult:
     """Audit the database described by ``spec`` and write an audit folder.
 
     ``db`` overrides the spec's URL (as ``--db`` does). ``only_keys`` restricts
-    the audit to some keys per entity (used by verify). Raises a
+    the audit to some keys per entity (used by verify). ``stuck_after`` is how
+    long an outbox message may stay unpublished (``--stuck-after``). Raises a
     :class:`~audit.errors.DriftError` subclass on any problem, before anything
     is written.
     """
@@ -95,7 +99,7 @@ def run_audit(
     folder = AuditFolder.create(out)
     try:
         try:
-            summary = _audit(spec, url, folder, only_keys, say, started)
+            summary = _audit(spec, url, folder, only_keys, say, started, stuck_after)
         except SpecError as err:
             # Name the spec file, as parse errors do.
             raise SpecError(f"{spec.path.name}: {err}" if spec.path else str(err)) from None
@@ -132,6 +136,7 @@ def _audit(
     only_keys: Mapping[str, KeyFilter] | None,
     say: Progress,
     started: float,
+    stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
 ) -> dict[str, Any]:
     timer = _Timer()
     dialect = get_dialect(url.get_backend_name())
@@ -180,8 +185,18 @@ def _audit(
                         if keys is not None and not keys:
                             continue
                         diff = build_diff(bound, entity, dialect, keys)
-                        writer.add_all(run_diff(conn, bound, diff))
+                        # attribution: causes and evidence from job logs (audit/attribution.py)
+                        findings = attribute(conn, bound, entity, run_diff(conn, bound, diff))
+                        writer.add_all(findings)
                         timer.measure(f"entity:{name}", t)
+                    # attribution: witnesses and outbox checks (audit/attribution.py)
+                    t = time.perf_counter()
+                    writer.add_all(
+                        evidence_checks(
+                            conn, bound, dialect, snapshot_at, only_keys, stuck_after, say
+                        )
+                    )
+                    timer.measure("witnesses_and_outboxes", t)
                 finally:
                     writer.close()
                 # -- evidence (audit/evidence.py): stream rows behind the top drifted keys
@@ -209,6 +224,7 @@ def _audit(
         writer,
         timer,
         only_keys,
+        stuck_after,
     )
 
 
@@ -264,6 +280,7 @@ def _summary(
     writer: FindingsWriter,
     timer: _Timer,
     only_keys: Mapping[str, KeyFilter] | None,
+    stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
 ) -> dict[str, Any]:
     counts = writer.counts()
     return {
@@ -291,5 +308,17 @@ def _summary(
             for name, entity in bound.entities.items()
         },
         "counts": counts,
+        "fix_first": writer.fix_first(),
+        "attribution": {
+            "job_logs": {
+                name: {"entity": j.spec.entity, "preset": j.spec.preset, "table": j.spec.table}
+                for name, j in bound.job_logs.items()
+            },
+            "outboxes": {
+                name: {"entity": o.spec.entity, "stream": o.spec.stream, "table": o.spec.table}
+                for name, o in bound.outboxes.items()
+            },
+            "stuck_after_seconds": stuck_after.total_seconds(),
+        },
         "timings": timer.timings,
     }

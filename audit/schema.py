@@ -12,7 +12,7 @@ A bare word that is not a column is reported as a missing column, with a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -20,8 +20,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit.database import describe_db_error
+from audit.dialects import get_dialect
 from audit.errors import DatabaseError, SpecError, did_you_mean
-from audit.spec import Column, Entity, Spec, Stream
+from audit.spec import Column, Entity, JobLog, JsonRef, Outbox, Ref, Spec, Stream, Witness
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _SQL_WORDS = {"null", "true", "false", "current_timestamp", "current_date", "current_time"}
@@ -34,6 +35,14 @@ class BoundStream:
     key: tuple[ColumnElement, ...]
     order_by: tuple[ColumnElement, ...]
     time: ColumnElement | None
+    run_id: ColumnElement | None = None
+
+
+@dataclass(frozen=True)
+class BoundWitness:
+    spec: Witness
+    value: ColumnElement | None
+    where: ColumnElement | None
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class BoundColumn:
     where: ColumnElement | None
     is_text: bool
     is_numeric: bool
+    also: tuple[BoundWitness, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,16 +67,53 @@ class BoundEntity:
 
 
 @dataclass(frozen=True)
+class BoundJobLog:
+    """A job log bound to its table (or a preset's query over a queue's tables)."""
+
+    spec: JobLog
+    source: sa.FromClause
+    key: tuple[ColumnElement, ...]
+    key_as_text: tuple[bool, ...]  # JSON references, or text on one side only
+    id: ColumnElement
+    job: ColumnElement
+    worker: ColumnElement | None
+    attempt: ColumnElement | None
+    status: ColumnElement | None
+    started_at: ColumnElement
+    finished_at: ColumnElement | None
+    where: ColumnElement | None
+
+
+@dataclass(frozen=True)
+class BoundOutbox:
+    spec: Outbox
+    table: sa.Table
+    key: tuple[ColumnElement, ...]
+    key_as_text: tuple[bool, ...]  # JSON references, or text on one side only
+    id: ColumnElement
+    announces: ColumnElement
+    announces_is_json: bool
+    type: ColumnElement | None
+    payload: ColumnElement | None
+    created_at: ColumnElement
+    published_at: ColumnElement | None
+    where: ColumnElement | None
+
+
+@dataclass(frozen=True)
 class BoundSpec:
     spec: Spec
     streams: dict[str, BoundStream]
     entities: dict[str, BoundEntity]
+    job_logs: dict[str, BoundJobLog] = field(default_factory=dict)
+    outboxes: dict[str, BoundOutbox] = field(default_factory=dict)
 
 
 def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     """Reflect every table of the spec and resolve every name and expression."""
     inspector = sa.inspect(conn)
     metadata = sa.MetaData()
+    json = get_dialect(conn.dialect.name).json_text
     tables: dict[tuple[str | None, str], sa.Table] = {}
 
     def reflect(section: str, name: str, schema: str | None) -> sa.Table:
@@ -85,6 +132,11 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                 _resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by
             ),
             time=_resolve(table, stream.time, f"{stream.section}.time") if stream.time else None,
+            run_id=(
+                _resolve(table, stream.run_id, f"{stream.section}.run_id")
+                if stream.run_id
+                else None
+            ),
         )
 
     entities: dict[str, BoundEntity] = {}
@@ -116,6 +168,10 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                     ),
                     is_text=_is_text(target.type),
                     is_numeric=_is_numeric(target.type),
+                    also=tuple(
+                        _bind_witness(streams[w.stream].table, w, target, column, i, json)
+                        for i, w in enumerate(column.also)
+                    ),
                 )
             )
         entities[entity.name] = BoundEntity(
@@ -126,9 +182,136 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             columns=tuple(columns),
             key_is_unique=bool(key_columns) and _is_unique(inspector, table, key_columns),
         )
-    bound = BoundSpec(spec=spec, streams=streams, entities=entities)
+    job_logs = {
+        name: _bind_job_log(conn, job_log, reflect, json, entities[job_log.entity])
+        for name, job_log in spec.job_logs.items()
+    }
+    outboxes = {}
+    for name, outbox in spec.outboxes.items():
+        table = reflect(f"{outbox.section}.table", outbox.table, outbox.schema)
+
+        def ref(text: Ref | None, key: str, table: sa.Table = table, outbox: Outbox = outbox):
+            return (
+                None if text is None else _resolve_ref(table, text, f"{outbox.section}.{key}", json)
+            )
+
+        key, as_text = _text_keys(
+            tuple(ref(k, f"key[{i}]") for i, k in enumerate(outbox.key)),
+            outbox.key,
+            entities[outbox.entity],
+        )
+        outboxes[name] = BoundOutbox(
+            spec=outbox,
+            table=table,
+            key=key,
+            key_as_text=as_text,
+            id=ref(outbox.id, "id"),
+            announces=ref(outbox.announces, "announces"),
+            announces_is_json=isinstance(outbox.announces, JsonRef),
+            type=ref(outbox.type, "type"),
+            payload=ref(outbox.payload, "payload"),
+            created_at=ref(outbox.created_at, "created_at"),
+            published_at=ref(outbox.published_at, "published_at"),
+            where=ref(outbox.where, "where"),
+        )
+    bound = BoundSpec(
+        spec=spec, streams=streams, entities=entities, job_logs=job_logs, outboxes=outboxes
+    )
     _check_expressions(bound, conn)
     return bound
+
+
+def _resolve_ref(table: sa.FromClause, ref: Ref, where: str, json) -> ColumnElement:  # type: ignore[no-untyped-def]
+    """A column, an expression, or the text at a path inside a JSON column."""
+    if isinstance(ref, JsonRef):
+        return json(_column(table, ref.column, f"{where}.json"), ref.path)
+    return _resolve(table, ref, where)
+
+
+def _bind_witness(
+    table: sa.Table, witness: Witness, target: sa.Column, column: Column, i: int, json
+) -> BoundWitness:  # type: ignore[no-untyped-def]
+    where = f"{column.section}.also[{i}]"
+    value = None
+    if witness.value is not None:
+        value = _resolve_ref(table, witness.value, f"{where}.value", json)
+        if isinstance(witness.value, JsonRef):
+            value = sa.cast(value, target.type)  # JSON reads as text: compare as the column's type
+    return BoundWitness(
+        spec=witness,
+        value=value,
+        where=_resolve(table, witness.where, f"{where}.where") if witness.where else None,
+    )
+
+
+def _text_keys(
+    key: tuple[ColumnElement, ...], refs: tuple[Ref, ...], entity: BoundEntity
+) -> tuple[tuple[ColumnElement, ...], tuple[bool, ...]]:
+    """Key parts to compare as text: JSON references, and columns whose type is
+    text on one side only (``'1004'`` in an outbox, ``1004`` in the entity)."""
+    parts, as_text = [], []
+    for expr, ref, target in zip(key, refs, entity.key):
+        text = isinstance(ref, JsonRef)
+        if not text and isinstance(expr, sa.Column) and isinstance(target, sa.Column):
+            text = _is_text(expr.type) != _is_text(target.type)
+        if text and not isinstance(ref, JsonRef) and not _is_text(expr.type):
+            expr = sa.cast(expr, sa.String)
+        parts.append(expr)
+        as_text.append(text)
+    return tuple(parts), tuple(as_text)
+
+
+def _bind_job_log(  # type: ignore[no-untyped-def]
+    conn: Connection, job_log: JobLog, reflect, json, entity: BoundEntity
+) -> BoundJobLog:  # type: ignore[no-untyped-def]
+    section = job_log.section
+    if job_log.preset is not None:
+        from audit.presets import bind_preset
+
+        source, names = bind_preset(conn, job_log, reflect)
+    else:
+        assert job_log.table is not None
+        source = reflect(f"{section}.table", job_log.table, job_log.schema)
+        names = {
+            "id": job_log.id,
+            "job": job_log.job,
+            "worker": job_log.worker,
+            "attempt": job_log.attempt,
+            "status": job_log.status,
+            "started_at": job_log.started_at,
+            "finished_at": job_log.finished_at,
+        }
+    spec_key = {"job": "name"}
+
+    def ref(name: str) -> ColumnElement | None:
+        text = names.get(name)
+        if text is None:
+            return None
+        return _resolve(source, text, f"{section}.{spec_key.get(name, name)}")
+
+    id_, job, started = ref("id"), ref("job"), ref("started_at")
+    assert id_ is not None and job is not None and started is not None
+    key, as_text = _text_keys(
+        tuple(
+            _resolve_ref(source, k, f"{section}.key[{i}]", json) for i, k in enumerate(job_log.key)
+        ),
+        job_log.key,
+        entity,
+    )
+    return BoundJobLog(
+        spec=job_log,
+        source=source,
+        key=key,
+        key_as_text=as_text,
+        id=id_,
+        job=job,
+        worker=ref("worker"),
+        attempt=ref("attempt"),
+        status=ref("status"),
+        started_at=started,
+        finished_at=ref("finished_at"),
+        where=_resolve(source, job_log.where, f"{section}.where") if job_log.where else None,
+    )
 
 
 def _reflect(
@@ -158,7 +341,7 @@ def _reflect(
         ) from err
 
 
-def _column(table: sa.Table, name: str, where: str) -> sa.Column:
+def _column(table: sa.FromClause, name: str, where: str) -> sa.Column:
     if name in table.c:
         return table.c[name]
     folded = [c for c in table.c if c.name.lower() == name.lower()]
@@ -170,7 +353,7 @@ def _column(table: sa.Table, name: str, where: str) -> sa.Column:
     )
 
 
-def _resolve(table: sa.Table, text: str, where: str) -> ColumnElement:
+def _resolve(table: sa.FromClause, text: str, where: str) -> ColumnElement:
     """A plain column name becomes the Column; anything else a SQL expression."""
     if text in table.c:
         return table.c[text]
@@ -237,6 +420,29 @@ def _check_expressions(bound: BoundSpec, conn: Connection) -> None:
                 probes.append((f"{column.spec.section}.value", stream_table, column.value))
             if column.where is not None:
                 probes.append((f"{column.spec.section}.where", stream_table, column.where))
+        for column in entity.columns:
+            for i, witness in enumerate(column.also):
+                w_table = bound.streams[witness.spec.stream].table
+                at = f"{column.spec.section}.also[{i}]"
+                if witness.value is not None:
+                    probes.append((f"{at}.value", w_table, witness.value))
+                if witness.where is not None:
+                    probes.append((f"{at}.where", w_table, witness.where))
+    for job_log in bound.job_logs.values():
+        section = job_log.spec.section
+        for i, expr in enumerate(job_log.key):
+            probes.append((f"{section}.key[{i}]", job_log.source, expr))
+        for name in ("started_at", "finished_at", "where", "attempt", "status", "worker"):
+            expr = getattr(job_log, name)
+            if expr is not None:
+                probes.append((f"{section}.{name}", job_log.source, expr))
+    for outbox in bound.outboxes.values():
+        section = outbox.spec.section
+        for i, expr in enumerate(outbox.key):
+            probes.append((f"{section}.key[{i}]", outbox.table, expr))
+        probes.append((f"{section}.announces", outbox.table, outbox.announces))
+        if outbox.where is not None:
+            probes.append((f"{section}.where", outbox.table, outbox.where))
     for where, table, expr in probes:
         if isinstance(expr, sa.Column):
             continue

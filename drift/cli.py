@@ -98,6 +98,13 @@ def audit(
         ),
     ] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Summary format.")] = Format.text,
+    stuck_after: Annotated[
+        str,
+        typer.Option(
+            "--stuck-after",
+            help="An outbox message unpublished for longer is stuck (e.g. 90s, 5m, 2h).",
+        ),
+    ] = "5m",
 ) -> None:
     """Dry-run audit: rebuild expected state, diff it, write an audit folder.
 
@@ -106,12 +113,28 @@ def audit(
     """
     from audit import run_audit
 
-    result = run_audit(config, db=db, out=out, progress=progress, command=command_line())
+    result = run_audit(
+        config,
+        db=db,
+        out=out,
+        progress=progress,
+        command=command_line(),
+        stuck_after=_duration(stuck_after, "--stuck-after"),
+    )
     if format is Format.json:
         typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
     else:
         typer.echo(render_summary(result.summary, result.out_dir))
     raise typer.Exit(1 if result.drift_found else 0)
+
+
+def _duration(text: str, option: str):  # type: ignore[no-untyped-def]
+    from audit.outbox import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
@@ -148,6 +171,7 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.extend(_attribution_lines(summary))
     for name, mark in summary.get("watermarks", {}).items():
         lines.append(f"watermark {name}: {', '.join(mark['order_by'])} = {mark['value']}")
     if out_dir is not None:
@@ -155,6 +179,33 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
         lines.append(f"report:   {out_dir / 'report.html'}")
         lines.append(f"findings: {out_dir / 'findings.parquet'}")
     return "\n".join(lines)
+
+
+def _attribution_lines(summary: dict[str, Any]) -> list[str]:
+    """Causes, outbox findings and the job to fix first (attribution)."""
+    counts = summary["counts"]
+    lines = []
+    if counts.get("by_cause"):
+        causes = ", ".join(f"{k} {v}" for k, v in counts["by_cause"].items())
+        lines.append(f"causes: {causes}")
+    outbox = {
+        k: v
+        for k, v in counts.get("by_kind", {}).items()
+        if k
+        in (
+            "unannounced_event",
+            "duplicate_announcement",
+            "stuck_message",
+            "orphan_message",
+            "witness_disagreement",
+        )
+    }
+    if outbox:
+        lines.append("outbox and witnesses: " + ", ".join(f"{k} {v}" for k, v in outbox.items()))
+    fix = summary.get("fix_first")
+    if fix:
+        lines.append(f"fix first: {fix['reason']}")
+    return ([""] + lines) if lines else []
 
 
 # --------------------------------------------------------------------------- report

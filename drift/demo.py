@@ -100,12 +100,14 @@ table = "stock_events"
 key = ["sku"]
 order_by = ["id"]
 time = "created_at"
+run_id = "job_run_id"
 
 [streams.order_events]
 table = "order_events"
 key = ["order_id"]
 order_by = ["id"]
 time = "created_at"
+run_id = "job_run_id"
 
 [entities.inventory]
 table = "inventory"
@@ -124,6 +126,43 @@ key = ["order_id"]
 stream = "order_events"
 fold = "last"
 value = "new_status"
+
+# The witnesses: who ran what, when (a run with a NULL key touches no row).
+[job_logs.stock_jobs]
+table = "job_runs"
+entity = "inventory"
+key = ["sku"]
+id = "id"
+name = "job_name"
+worker = "worker"
+attempt = "attempt"
+status = "status"
+started_at = "started_at"
+finished_at = "finished_at"
+
+[job_logs.order_jobs]
+table = "job_runs"
+entity = "orders"
+key = ["order_id"]
+id = "id"
+name = "job_name"
+worker = "worker"
+attempt = "attempt"
+status = "status"
+started_at = "started_at"
+finished_at = "finished_at"
+
+[outboxes.stock]
+table = "outbox"
+entity = "inventory"
+key = ["aggregate_id"]
+id = "id"
+stream = "stock"
+announces = "event_id"
+type = "event_type"
+payload = "payload"
+created_at = "created_at"
+published_at = "published_at"
 """
 
 BASE_TIME = dt.datetime(2026, 3, 14, 9, 0, 0, tzinfo=dt.UTC)

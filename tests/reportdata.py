@@ -74,11 +74,17 @@ def make_folder(
     writer.close()
     if attribution is not None:
         table = pq.read_table(folder / "findings.parquet")
-        table = table.append_column("cause", pa.array([c for c, _ in attribution], pa.string()))
-        table = table.append_column(
-            "evidence",
-            pa.array([None if e is None else json.dumps(e) for _, e in attribution], pa.string()),
-        )
+        columns = {
+            "cause": pa.array([c for c, _ in attribution], pa.string()),
+            "evidence": pa.array(
+                [None if e is None else json.dumps(e) for _, e in attribution], pa.string()
+            ),
+        }
+        for name, values in columns.items():
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, values)
+            else:
+                table = table.append_column(name, values)
         pq.write_table(table, folder / "findings.parquet")
     (folder / "summary.json").write_text(
         json.dumps(summary_for(writer, entities, **summary)), encoding="utf-8"

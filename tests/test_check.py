@@ -61,6 +61,7 @@ def test_json_says_why(capsys, shop):
     assert {(f["entity"], f["column"], f["kind"], f["findings"]) for f in data["findings"]} == {
         ("inventory", "on_hand", "mismatch", 2),
         ("inventory", None, "orphan_row", 1),
+        ("inventory", None, "unannounced_event", 1),
         ("orders", "status", "mismatch", 1),
         ("orders", None, "missing_row", 1),
     }

@@ -34,7 +34,7 @@ def demo_db(tmp_path):
 def test_demo_runs_and_explains(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--dir", str(tmp_path / "d"))
     assert code == 0
-    assert "drift: 5 finding(s) in 5 drifted row(s)" in out
+    assert "drift: 6 finding(s) in 5 drifted row(s)" in out
     assert "lost update" in out and "Try next:" in out
     assert (tmp_path / "d" / "audit" / "report.html").is_file()
     assert "drift: building the demo shop" in err  # progress goes to stderr
@@ -183,7 +183,7 @@ def test_console_script_is_installed(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "drift: 5 finding(s)" in proc.stdout
+    assert "drift: 6 finding(s) in 5 drifted row(s)" in proc.stdout
 
 
 @pytest.mark.parametrize("server", ["postgresql", "mysql"])

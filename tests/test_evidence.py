@@ -57,7 +57,7 @@ def test_evidence_is_capped_and_fetched_in_batches(sqlite_backend, tmp_path):
     folder = result.out_dir
     keys = drifted_keys(folder / "findings.parquet")
     assert keys == {
-        "inventory": ['["SKU-GHOST"]', '["SKU-006"]', '["SKU-003"]'],
+        "inventory": ['["SKU-GHOST"]', '["SKU-006"]', '["SKU-003"]', '["SKU-009"]'],
         "orders": ["[1041]", "[1004]"],
     }
     windowed: list[str] = []
@@ -71,11 +71,12 @@ def test_evidence_is_capped_and_fetched_in_batches(sqlite_backend, tmp_path):
     try:
         with engine.connect() as conn:
             bound = bind_spec(spec, conn)
-            assert collect_evidence(conn, bound, folder, rows_per_key=2, batch_keys=500) == 7
+            # 2 rows for each of SKU-006, SKU-003, SKU-009 and [1004]; [1041] has one event
+            assert collect_evidence(conn, bound, folder, rows_per_key=2, batch_keys=500) == 9
             assert len(windowed) == 2  # one query per entity stream, not per key
             windowed.clear()
             collect_evidence(conn, bound, folder, rows_per_key=2, batch_keys=1)
-            assert len(windowed) == 5
+            assert len(windowed) == 6  # one per drifted key: 4 inventory, 2 orders
             # The first two findings: the orphan (no stream rows) and [1041] (one event).
             assert collect_evidence(conn, bound, folder, keys_limit=2) == 1
     finally:

@@ -39,7 +39,7 @@ def test_disk_full_leaves_no_audit_folder(tmp_path, capsys):
         code = main(["-q", "audit", "-c", str(shop.spec), "--out", str(disk / "audit")])
         _, err = capsys.readouterr()
         assert code == 2
-        assert err.startswith(f"drift: cannot write {disk / 'audit'}")
+        assert err.startswith("drift: cannot write ") and str(disk / "audit") in err
         assert "No space left on device" in err and err.count("\n") == 1
         assert leftovers(disk) == []  # the staging folder is gone too
     finally:
@@ -140,7 +140,7 @@ def test_connection_dropped_mid_audit(server_backend, tmp_path):
     assert "\n" not in str(info.value)
     assert leftovers(tmp_path) == []
     retry = run_audit(spec, out=tmp_path / "a", write_report=False)
-    assert retry.finding_count == 5
+    assert retry.finding_count == 6  # 5 drifted rows and the demo's unannounced event
 
 
 def test_text_summed_as_numbers_is_a_data_error_on_sqlite(sqlite_backend, tmp_path):

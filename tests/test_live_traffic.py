@@ -28,7 +28,7 @@ def test_audits_during_traffic_report_exactly_the_prior_drift(server_backend, tm
         demo.metadata.create_all(conn)
         demo.build_shop(conn)
     before, _ = findings(server_backend, tmp_path, "before")
-    assert len(before) == 5
+    assert len(before) == 6  # 5 drifted rows and 1 unannounced event
     skus = [f"SKU-{i:03d}" for i in range(1, 25)]  # drifted SKUs included: deltas must hold
     orders = [o for o in range(1001, 1041) if o not in DRIFTED_ORDERS]
     with Workers(server_backend.url, 3, skus, orders) as workers:

@@ -65,12 +65,17 @@ def test_demo_report_header_and_cards(demo_audit):
     assert card("entities") == "2"
     assert card("rows") == "65"  # 25 inventory rows + 40 orders
     assert card("drifted") == "5"
-    assert card("findings") == "5"
+    assert card("findings") == "6"  # 5 drifted rows and 1 unannounced event
     kinds = {
         li.find(cls="badge").text: li.find(cls="count").text
         for li in doc.by_id("by-kind").find_all("li")
     }
-    assert kinds == {"mismatch": "3", "missing_row": "1", "orphan_row": "1"}
+    assert kinds == {
+        "mismatch": "3",
+        "missing_row": "1",
+        "orphan_row": "1",
+        "unannounced_event": "1",
+    }
     on_hand = doc.by_id("by-entity").find("tr", data_column="on_hand")
     assert on_hand.find(cls="abs-total").text == "15"  # |-3| + |-12|
     assert on_hand.find(cls="abs-max").text == "12"
@@ -82,8 +87,9 @@ def test_demo_report_charts(demo_audit):
     counts = [
         int(re.search(r": (\d+) key", r.find("title").text)[1]) for r in time_chart.find_all("rect")
     ]
-    # Four drifted keys have a last stream row; the orphan has none.
-    assert sum(counts) == 4
+    # Five keys have a last stream row (4 drifted, SKU-009's unannounced event); the orphan
+    # has none.
+    assert sum(counts) == 5
     assert "1 drifted key(s) have no stream time" in time_chart.text
     (delta_chart,) = doc.find_all(cls="chart-delta")
     assert "inventory.on_hand" in delta_chart.text
@@ -96,9 +102,16 @@ def test_demo_report_findings_table_and_evidence(demo_audit, tmp_path):
     bodies = visible_findings(doc)
     rows = [cells(b.find("tr", cls="main")) for b in bodies]
     # Row-level kinds first, then by |delta|.
-    assert [r[4] for r in rows] == ["orphan_row", "missing_row", "mismatch", "mismatch", "mismatch"]
+    assert [r[4] for r in rows] == [
+        "orphan_row",
+        "missing_row",
+        "mismatch",
+        "mismatch",
+        "unannounced_event",
+        "mismatch",
+    ]
     assert [(r[2], r[7]) for r in rows[2:4]] == [('["SKU-006"]', "-12"), ('["SKU-003"]', "-3")]
-    assert rows[4][2:7] == ["[1004]", "status", "mismatch", '"shipped"', '"paid"']
+    assert rows[5][2:7] == ["[1004]", "status", "mismatch", '"shipped"', '"paid"']
     lost = bodies[3]
     stream = lost.find("table", cls="stream-rows")
     header = [th.text for th in stream.find("thead").find_all("th")]
@@ -114,7 +127,7 @@ def test_demo_report_findings_table_and_evidence(demo_audit, tmp_path):
     assert [tuple(r[:4]) for r in shown] == [tuple(str(v) for v in t) for t in truth]
     data = json.loads(doc.by_id("drift-data").text)
     assert [r[3] for r in data["rows"]] == [r[2] for r in rows]
-    assert data["total"] == 5
+    assert data["total"] == 6
     assert "drift audit -c drift.toml" in doc.by_id("command").text
 
 
@@ -247,7 +260,7 @@ def test_cli_report_rerenders_and_recreates_the_csv(demo_audit, tmp_path, capsys
     assert main(["report", str(folder), "--top", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(folder / "report.html")
     assert len(visible_findings(page(folder))) == 2
-    assert (folder / "findings.csv").read_text().count("\n") == 6
+    assert (folder / "findings.csv").read_text().count("\n") == 7  # header + 6 findings
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "audit folder not found" in capsys.readouterr().err
 
@@ -338,8 +351,18 @@ def test_attribution_columns_render_cause_runs_and_outbox(tmp_path):
     assert any(t.startswith("08:00:") for t in bars), bars
 
 
-def test_report_without_attribution_omits_its_parts(demo_audit):
-    doc = page(demo_audit)
+def test_report_without_attribution_omits_its_parts(tmp_path):
+    """A spec without job logs: no cause column, card, filter or sort."""
+    import re as _re
+
+    from drift import demo
+
+    shop = build_demo(tmp_path / "shop")
+    core = _re.sub(r"\n# The witnesses.*", "\n", demo.SPEC, flags=_re.S)
+    assert "[job_logs" not in core and "[outboxes" not in core
+    shop.spec.write_text(core)
+    result = run_audit(shop.spec, out=tmp_path / "audit")
+    doc = page(result.out_dir)
     assert not doc.find_all("td", cls="cause")
     assert not doc.find_all(id="by-cause")
     assert not doc.find_all(cls="attribution")

@@ -129,21 +129,28 @@ def test_demo_report_loads_filters_and_sorts(browser, demo_report):
     _assert_clean(browser)
     assert browser.find_element("id", "filters").is_displayed()
     keys = _visible_keys(browser)
-    assert keys == ['["SKU-GHOST"]', "[1041]", '["SKU-006"]', '["SKU-003"]', "[1004]"]
+    assert keys == [
+        '["SKU-GHOST"]',
+        "[1041]",
+        '["SKU-006"]',
+        '["SKU-003"]',
+        '["SKU-009"]',
+        "[1004]",
+    ]
     status = browser.find_element("id", "filter-status")
-    assert status.text == "Showing 5 of 5 embedded findings"
+    assert status.text == "Showing 6 of 6 embedded findings"
 
     search = browser.find_element("name", "q")
     search.send_keys("sku-003")
     assert _visible_keys(browser) == ['["SKU-003"]']
-    assert status.text == "Showing 1 of 5 embedded findings"
+    assert status.text == "Showing 1 of 6 embedded findings"
     search.clear()
     Select(browser.find_element("name", "kind")).select_by_value("mismatch")
     assert _visible_keys(browser) == ['["SKU-006"]', '["SKU-003"]', "[1004]"]
     Select(browser.find_element("name", "entity")).select_by_value("orders")
     assert _visible_keys(browser) == ["[1004]"]
     browser.find_element("css selector", "#filters button[type=reset]").click()
-    assert len(_visible_keys(browser)) == 5
+    assert len(_visible_keys(browser)) == 6
 
     browser.find_element("css selector", "button[data-sort=key]").click()
     assert _visible_keys(browser) == sorted(keys)
@@ -197,7 +204,7 @@ def test_report_is_readable_without_javascript(demo_report):
         _open(driver, demo_report)
         assert not driver.find_element("id", "filters").is_displayed()
         rows = driver.find_elements("css selector", "#findings-table tbody.finding tr.main")
-        assert len(rows) == 5 and all(r.is_displayed() for r in rows)
+        assert len(rows) == 6 and all(r.is_displayed() for r in rows)
         assert '["SKU-003"]' in driver.find_element("id", "findings-table").text
     finally:
         driver.quit()

@@ -18,6 +18,27 @@ import sqlalchemy as sa
 from drift import demo
 
 
+def announce(
+    conn: sa.Connection, sku: str, kind: str, qty: int, now: str, idempotency_key: str | None = None
+) -> None:
+    """A stock event and its outbox message, in the caller's transaction (as the shop does)."""
+    event_id = conn.execute(
+        demo.stock_events.insert().values(
+            sku=sku, kind=kind, qty=qty, idempotency_key=idempotency_key, created_at=now
+        )
+    ).inserted_primary_key[0]
+    conn.execute(
+        demo.outbox.insert().values(
+            aggregate_id=sku,
+            event_id=event_id,
+            event_type=f"stock.{kind}",
+            payload="{}",
+            created_at=now,
+            published_at=now,
+        )
+    )
+
+
 def correct_worker(
     url: str,
     seed: int,
@@ -46,11 +67,7 @@ def correct_worker(
                         .where(demo.inventory.c.sku == sku)
                         .values(on_hand=demo.inventory.c.on_hand + sign * qty, updated_at=now)
                     )
-                    conn.execute(
-                        demo.stock_events.insert().values(
-                            sku=sku, kind=kind, qty=qty, created_at=now
-                        )
-                    )
+                    announce(conn, sku, kind, qty, now)
                 elif choice < 0.85 and orders:
                     order_id = rng.choice(orders)
                     status = rng.choice(["paid", "packed", "shipped"])
@@ -163,11 +180,7 @@ def racy_worker(
                         .where(demo.inventory.c.sku == sku)
                         .values(on_hand=count + sign * qty, updated_at=now)
                     )
-                    conn.execute(
-                        demo.stock_events.insert().values(
-                            sku=sku, kind=kind, qty=qty, created_at=now
-                        )
-                    )
+                    announce(conn, sku, kind, qty, now)
             elif choice < 0.75:
                 # A retry that re-applies: the first attempt committed; the event is
                 # idempotent, the counter update is not.
@@ -187,15 +200,7 @@ def racy_worker(
                             )
                         ).first()
                         if exists is None:
-                            conn.execute(
-                                demo.stock_events.insert().values(
-                                    sku=sku,
-                                    kind="received",
-                                    qty=qty,
-                                    idempotency_key=key,
-                                    created_at=now,
-                                )
-                            )
+                            announce(conn, sku, "received", qty, now, idempotency_key=key)
             else:
                 # Stale overwrite: record the event, then write the status late.
                 order_id = rng.choice(orders)
@@ -256,6 +261,8 @@ def ground_truth(engine: sa.Engine) -> set[tuple]:
             conn.execute(sa.select(demo.inventory.c.sku, demo.inventory.c.on_hand)).all()
         )
         status = dict(conn.execute(sa.select(demo.orders.c.order_id, demo.orders.c.status)).all())
+        announced = set(conn.execute(sa.select(demo.outbox.c.event_id)).scalars())
+        events = conn.execute(sa.select(demo.stock_events.c.id, demo.stock_events.c.sku)).all()
     expected_stock: dict[str, int] = {}
     for sku, kind, qty in stock:
         expected_stock[sku] = expected_stock.get(sku, 0) + (
@@ -335,4 +342,7 @@ def ground_truth(engine: sa.Engine) -> set[tuple]:
                     json.dumps({"status": value}),
                 )
             )
+    for event_id, sku in events:  # the outbox check: events no message announces
+        if event_id not in announced:
+            truth.add(("inventory", json.dumps([sku]), None, "unannounced_event", None, event_id))
     return truth
