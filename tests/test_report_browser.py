@@ -150,7 +150,11 @@ def test_demo_report_loads_filters_and_sorts(browser, demo_report):
     Select(browser.find_element("name", "entity")).select_by_value("orders")
     assert _visible_keys(browser) == ["[1004]"]
     browser.find_element("css selector", "#filters button[type=reset]").click()
-    assert len(_visible_keys(browser)) == 6
+    # The form's reset event fires before the fields are cleared: the page re-filters on
+    # the next tick, so wait for it rather than racing it.
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 5).until(lambda d: len(_visible_keys(d)) == 6)
 
     browser.find_element("css selector", "button[data-sort=key]").click()
     assert _visible_keys(browser) == sorted(keys)
