@@ -96,6 +96,12 @@ def run_audit(
         summary["command"] = command
         folder.write_summary(summary)
         folder.write_spec(spec.text)
+        # --- remediation hook (remediate/plan.py): the proposed plan in plan/.
+        from remediate.plan import propose_plan
+
+        say("writing the proposed remediation plan")
+        propose_plan(folder.staging, folder.path.name)
+        # --- end of remediation hook
         if write_report:
             from audit.report import render_report
 
@@ -167,6 +173,12 @@ def _audit(
                         timer.measure(f"entity:{name}", t)
                 finally:
                     writer.close()
+                # --- remediation hook (remediate/target.py): fingerprint, entity
+                # columns and orphan rows, read inside this snapshot.
+                from remediate.target import capture_target
+
+                capture_target(conn, bound, url, folder.staging)
+                # --- end of remediation hook
         finally:
             try:
                 conn.rollback()
