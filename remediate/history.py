@@ -46,6 +46,7 @@ def history_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]
         sa.Column("finished_at", sa.String(40)),
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("rows_changed", sa.Integer),
+        sa.Column("batch_size", sa.Integer),
     )
     batches = sa.Table(
         BATCHES,

@@ -370,9 +370,7 @@ def render_script(plan: Plan, operation: str) -> str:
     header = [
         _comment(f"drift {'rollback' if rollback else 'fix'} script for plan {plan.plan_id}"),
         _comment(f"audit: {plan.audit} (spec sha256 {plan.spec_sha256[:16]})"),
-        _comment(
-            f"target: {plan.fingerprint['dialect']} database {plan.fingerprint['database']}"
-        ),
+        _comment(f"target: {plan.fingerprint['dialect']} database {plan.fingerprint['database']}"),
         _comment(f"created: {plan.created_at}"),
         f"{len(automatic)} guarded change(s), {len(manual)} manual action(s).",
         "All or nothing: any guard that misses aborts the whole script; running it",

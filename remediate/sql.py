@@ -13,12 +13,16 @@ dialect, found by name with :func:`get_script_dialect`.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit.dialects import _utf8mb4_bytes, get_dialect
@@ -182,6 +186,29 @@ class ScriptDialect:
     def run_hint(self) -> str:
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- drift apply
+
+    def apply_connection(self, conn: Connection) -> Connection:
+        """The apply connection's transaction settings."""
+        return conn
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        raise NotImplementedError
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        """Take the per-database apply lock (kept until release); False when taken."""
+        raise NotImplementedError
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def drop_temp(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}")
+
+    def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        """The type of a temp-table copy of ``column``."""
+        return column.type
+
 
 class PostgresScript(ScriptDialect):
     name = "postgresql"
@@ -219,6 +246,23 @@ class PostgresScript(ScriptDialect):
 
     def run_hint(self) -> str:
         return "psql -X -v ON_ERROR_STOP=1 -d DATABASE -f FILE"
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        conn.execute(
+            sa.text("SELECT set_config('lock_timeout', :v, false)"),
+            {"v": f"{max(1, int(seconds * 1000))}ms"},
+        )
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        self._lock_key = _lock_number(database)
+        return bool(
+            conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}
+            ).scalar_one()
+        )
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
 
 
 class MySQLScript(ScriptDialect):
@@ -267,6 +311,31 @@ class MySQLScript(ScriptDialect):
     def run_hint(self) -> str:
         return "mariadb --default-character-set=utf8mb4 DATABASE < FILE"
 
+    def apply_connection(self, conn: Connection) -> Connection:
+        # Each statement must see the latest committed rows and events together
+        # (REPEATABLE READ would verify against a snapshot older than the rows).
+        return conn.execution_options(isolation_level="READ COMMITTED")
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        value = max(1, round(seconds))
+        conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": value})
+        conn.execute(sa.text("SET SESSION lock_wait_timeout = :v"), {"v": value})
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        self._lock_name = f"drift_apply:{hashlib.sha256(database.encode()).hexdigest()[:40]}"
+        return (
+            conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": self._lock_name}).scalar_one()
+            == 1
+        )
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": self._lock_name})
+
+    def drop_temp(self, conn: Connection, name: str) -> None:
+        # Plain DROP TABLE would commit the transaction implicitly.
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.exec_driver_sql(f"DROP TEMPORARY TABLE {quoted}")
+
 
 class SQLiteScript(ScriptDialect):
     name = "sqlite"
@@ -297,16 +366,46 @@ class SQLiteScript(ScriptDialect):
         ]
 
     def guarded(self, sql: str, action_id: int) -> str:
-        return f"{sql};\nINSERT INTO temp.drift_guard (action, matched) VALUES ({action_id}, changes());"
+        guard = f"INSERT INTO temp.drift_guard (action, matched) VALUES ({action_id}, changes());"
+        return f"{sql};\n{guard}"
 
     def run_hint(self) -> str:
         return "sqlite3 DATABASE < FILE"
+
+    def apply_connection(self, conn: Connection) -> Connection:
+        return conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        # SQLite has no advisory locks: a lock file beside the database.
+        path = Path(url.database or "drift.sqlite").resolve()
+        self._lock_file = open(f"{path}.drift-apply.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            return False
+        return True
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+
+    def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        return FAMILY_TYPES.get(family, sa.String)()
 
 
 _SCRIPT_DIALECTS: dict[str, type[ScriptDialect]] = {
     cls.name: cls for cls in (PostgresScript, MySQLScript, SQLiteScript)
 }
 _ALIASES = {"postgres": "postgresql", "mariadb": "mysql"}
+
+
+def _lock_number(database: str) -> int:
+    """A stable signed 64-bit advisory lock number for one database."""
+    return int(hashlib.sha256(f"drift-apply:{database}".encode()).hexdigest()[:15], 16)
 
 
 def get_script_dialect(name: str) -> ScriptDialect:
