@@ -150,7 +150,10 @@ def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Fi
         )
         pending_dup.clear()
 
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(diff.select)
+    # Per statement: Connection.execution_options() would change the caller's connection.
+    result = conn.execute(
+        diff.select, execution_options={"stream_results": True, "yield_per": 2000}
+    )
     for row in result:
         m = row._mapping
         key = tuple(row[:n_keys])

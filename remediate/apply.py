@@ -405,7 +405,9 @@ class _Run:
         failures: list[dict[str, Any]],
     ) -> None:
         table, key, _ = self._live_table(step.entity)
-        count = self.conn.execute(step_statement(step, table, key, self.script)).rowcount
+        statement = step_statement(step, table, key, self.script)
+        # SQLAlchemy keeps an INSERT's rowcount only when asked to.
+        count = self.conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
         if count != 1:
             failures.append(
                 _failure(
