@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -271,6 +272,7 @@ class MySQLScript(ScriptDialect):
 
     def sa_dialect(self) -> sa.engine.Dialect:
         dialect = mysql.pymysql.dialect(paramstyle="named")
+        dialect.statement_compiler = _MySQLScriptCompiler
         dialect._backslash_escapes = True  # the prologue makes sure the server agrees
         return dialect
 
@@ -342,7 +344,9 @@ class SQLiteScript(ScriptDialect):
     client = "sqlite3"
 
     def sa_dialect(self) -> sa.engine.Dialect:
-        return sqlite.pysqlite.dialect()
+        dialect = sqlite.pysqlite.dialect()
+        dialect.statement_compiler = _SQLiteScriptCompiler
+        return dialect
 
     def script_user(self) -> ColumnElement:
         return sa.literal("sqlite3")
@@ -395,6 +399,46 @@ class SQLiteScript(ScriptDialect):
 
     def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
         return FAMILY_TYPES.get(family, sa.String)()
+
+
+_CONTROL = re.compile(r"([\x00-\x08\x0a-\x1f\x7f])")
+
+
+class _SQLiteScriptCompiler(sqlite.base.SQLiteCompiler):
+    """SQLite's compiler, with control characters in text as char(n).
+
+    SQLite strings have no escapes, and the sqlite3 shell drops a carriage
+    return before a line end even inside a literal; char(13) survives.
+    """
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        if not isinstance(value, str) or not _CONTROL.search(value):
+            return super().render_literal_value(value, type_)
+        render = super().render_literal_value
+        parts = [
+            f"char({ord(part)})" if _CONTROL.fullmatch(part) else render(part, type_)
+            for part in _CONTROL.split(value)
+            if part
+        ]
+        return "(" + " || ".join(parts) + ")"
+
+
+_MYSQL_ESCAPES = {"\x00": "\\0", "\n": "\\n", "\r": "\\r", "\x1a": "\\Z"}
+
+
+class _MySQLScriptCompiler(mysql.base.MySQLCompiler):
+    """MySQL's compiler, with line breaks in text as backslash escapes.
+
+    The mariadb client would otherwise see a carriage return before a line end
+    inside a literal as part of the line ending.
+    """
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        text = super().render_literal_value(value, type_)
+        if isinstance(value, str):
+            for raw, escaped in _MYSQL_ESCAPES.items():
+                text = text.replace(raw, escaped)
+        return text
 
 
 _SCRIPT_DIALECTS: dict[str, type[ScriptDialect]] = {
