@@ -48,7 +48,7 @@ from remediate.target import fingerprint, type_family
 from remediate.verify import reaudit, targeted
 
 Progress = Callable[[str], None]
-PAUSE_ENV = "DRIFT_TEST_PAUSE_AFTER_BATCH"  # test hook: seconds to sleep after each batch
+PAUSE_ENV = "DRIFT_TEST_PAUSE_AFTER_BATCH"  # test hook: "SECONDS" or "BATCH:SECONDS"
 
 
 @dataclass
@@ -307,9 +307,7 @@ class _Run:
                     )
                 )
             self.say(f"batch {number}/{len(batches)} committed")
-            pause = os.environ.get(PAUSE_ENV)
-            if pause:
-                time.sleep(float(pause))
+            _test_pause(number)
         with conn.begin():
             total = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(history.batches.c.rows_changed), 0)).where(
@@ -515,6 +513,16 @@ class _Run:
                     changes.append(_change(action, ok_ids[action.id], after[action.id]))
         finally:
             script.drop_temp(conn, name)
+
+
+def _test_pause(batch: int) -> None:
+    """Sleep after a committed batch when a test asks for it (to kill us there)."""
+    pause = os.environ.get(PAUSE_ENV)
+    if not pause:
+        return
+    number, _, seconds = pause.rpartition(":")
+    if not number or int(number) == batch:
+        time.sleep(float(seconds))
 
 
 def _batches(actions: list[Action], size: int | None) -> list[list[Action]]:

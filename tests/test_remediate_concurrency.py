@@ -91,7 +91,7 @@ def test_sigkill_mid_batch_leaves_whole_batches_and_resumes(backend, tmp_path):
     before = findings(spec, backend, tmp_path, "before")
     command = [sys.executable, "-m", "drift", "apply", str(audit), "--db", backend.url]
     command += ["--batch-size", "1"]
-    env = dict(os.environ, DRIFT_TEST_PAUSE_AFTER_BATCH="60")
+    env = dict(os.environ, DRIFT_TEST_PAUSE_AFTER_BATCH="2:120")
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         lines = []
