@@ -186,7 +186,8 @@ def build_plan(
             len(actions) + 1, row, spec_entities[entity], target, entity, options
         )
         actions.append(action)
-    actions = [_with_sql(a, script, target) for a in actions]
+    tables = {name: offline_table(info) for name, info in target["entities"].items()}
+    actions = [_with_sql(a, script, target, tables) for a in actions]
     now = dt.datetime.now(dt.UTC)
     return Plan(
         plan_id=f"plan-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}",
@@ -307,11 +308,13 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, Decimal, float)) and not isinstance(value, bool)
 
 
-def _with_sql(action: Action, script: ScriptDialect, target: dict[str, Any]) -> Action:
+def _with_sql(
+    action: Action, script: ScriptDialect, target: dict[str, Any], tables: dict[str, Any]
+) -> Action:
     if action.is_manual:
         return action
     info = target["entities"][action.entity]
-    table = offline_table(info)
+    table = tables[action.entity]
     fix = _guarded(script, fix_step(action), table, info["key"])
     back = _guarded(script, rollback_step(action), table, info["key"])
     return replace(action, sql=(fix,), rollback_sql=(back,))

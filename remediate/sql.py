@@ -139,14 +139,17 @@ class ScriptDialect:
 
     def __init__(self) -> None:
         self.audit = get_dialect(self.name)
+        self._compiling_dialect: sa.engine.Dialect | None = None
 
     def sa_dialect(self) -> sa.engine.Dialect:
         raise NotImplementedError
 
     def compile(self, statement: sa.Executable | sa.schema.ExecutableDDLElement) -> str:
         """The statement as text with every value rendered as a literal."""
+        if self._compiling_dialect is None:
+            self._compiling_dialect = self.sa_dialect()
         compiled = statement.compile(
-            dialect=self.sa_dialect(), compile_kwargs={"literal_binds": True}
+            dialect=self._compiling_dialect, compile_kwargs={"literal_binds": True}
         )
         return str(compiled).strip()
 
