@@ -78,8 +78,10 @@ def main() -> None:
         apply_time = time.perf_counter() - t
         print(f"rows: {args.rows}, findings: {result.finding_count}")
         print(f"audit + plan (fix.sql, rollback.sql): {audit_plan:.1f} s")
-        print(f"apply (one transaction, verified): {apply_time:.1f} s, "
-              f"{applied.rows_changed} rows changed")
+        print(
+            f"apply (one transaction, verified): {apply_time:.1f} s, "
+            f"{applied.rows_changed} rows changed"
+        )
     finally:
         engine.dispose()
         with admin.connect() as conn:

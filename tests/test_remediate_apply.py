@@ -107,7 +107,9 @@ def test_refusals(sqlite_backend, tmp_path, capsys, monkeypatch):
     assert "refused: the target is not the audited database" in message
     assert "--target-override REASON" in message
     # A rollback before the fix, and without its own approval.
-    assert "needs" not in refused("rollback", str(plan), "--db", url)
+    assert "refused: the rollback is not approved" in refused("rollback", str(plan), "--db", url)
+    approve(plan, "bob", purpose="rollback")
+    assert "was never applied; nothing to roll back" in refused("rollback", str(plan), "--db", url)
     # Apply, then apply again.
     assert main(["apply", str(plan), "--db", url]) == 0
     capsys.readouterr()
@@ -142,3 +144,20 @@ def test_rollback_needs_its_own_approval_and_restores(backend, tmp_path):
     assert table_state(backend, "inventory", "orders") == original
     assert main(["rollback", str(audit), "--db", backend.url]) == 2
     assert main(["verify", str(audit), "--db", backend.url]) == 1
+
+
+def test_replan_with_options(sqlite_backend, tmp_path, capsys):
+    audit = audited_shop(sqlite_backend, tmp_path, delete_orphans=False)
+    plan = json.loads((audit / "plan" / "plan.json").read_text())
+    assert [a["mode"] for a in plan["actions"]] == ["delta", "delta", "manual", "cas", "insert"]
+    approve(audit, "alice")
+    assert main(["plan", str(audit), "--mode", "inventory.on_hand=cas", "--delete-orphans"]) == 0
+    replanned = json.loads((audit / "plan" / "plan.json").read_text())
+    assert [a["mode"] for a in replanned["actions"]] == ["cas", "cas", "delete", "cas", "insert"]
+    assert replanned["plan_id"] != plan["plan_id"]
+    assert not (audit / "plan" / "approvals.json").exists()
+    capsys.readouterr()
+    assert main(["plan", str(audit), "--mode", "orders.status=delta"]) == 2
+    assert "delta needs a sum or count column" in capsys.readouterr().err
+    assert main(["plan", str(audit), "--mode", "inventory.on_hnd=cas"]) == 2
+    assert 'did you mean "inventory.on_hand"' in capsys.readouterr().err
