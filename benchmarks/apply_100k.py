@@ -1,6 +1,6 @@
 """Benchmark: plan and apply 100,000 corrections on PostgreSQL (not a test).
 
-    python benchmarks/apply_100k.py [--url postgresql://postgres@127.0.0.1:5432/test] [--rows 100000]
+    python benchmarks/apply_100k.py [--url postgresql://postgres@127.0.0.1/test] [--rows 100000]
 
 Builds a scratch schema with N inventory rows, one stock event each, and a
 drifted on_hand on every row; then times the audit (which writes the plan),
