@@ -131,7 +131,10 @@ def build_diff(
 
 def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Finding]:
     """Execute a diff query and turn each drifted row into findings."""
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(diff.select)
+    # Per statement: Connection.execution_options() would change the caller's connection.
+    result = conn.execute(
+        diff.select, execution_options={"stream_results": True, "yield_per": 2000}
+    )
     try:
         yield from _findings(conn, bound, diff, result)
     finally:

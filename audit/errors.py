@@ -60,3 +60,7 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ' (did you mean "x"?)' suffix, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+class VerifyError(DriftError):
+    """A fix did not remove the drift it targeted (the apply was rolled back)."""

@@ -144,7 +144,7 @@ def unannounced_events(
         .order_by(*stream.key, stream.order_by[0])
     )
     n = len(stream.key)
-    for row in conn.execution_options(yield_per=2000).execute(query):
+    for row in conn.execute(query, execution_options={"yield_per": 2000}):
         m = row._mapping
         yield Finding(
             entity=outbox.spec.entity,
@@ -226,7 +226,7 @@ def orphan_messages(
         .order_by(outbox.id)
     )
     n = len(outbox.key)
-    for row in conn.execution_options(yield_per=2000).execute(query):
+    for row in conn.execute(query, execution_options={"yield_per": 2000}):
         m = row._mapping
         yield Finding(
             entity=outbox.spec.entity,
@@ -261,7 +261,7 @@ def stuck_messages(
         .order_by(outbox.created_at, outbox.id)
     )
     n = len(outbox.key)
-    for row in conn.execution_options(yield_per=2000).execute(query):
+    for row in conn.execute(query, execution_options={"yield_per": 2000}):
         m = row._mapping
         created = instant(m["created_at"])
         if created is None or created >= cutoff:

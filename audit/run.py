@@ -108,6 +108,12 @@ def run_audit(
         folder.write_summary(summary)
         folder.write_spec(redact(spec.text, *secrets))
         write_findings_csv(folder.staging)
+        # --- remediation hook (remediate/plan.py): the proposed plan in plan/.
+        from remediate.plan import propose_plan
+
+        say("writing the proposed remediation plan")
+        propose_plan(folder.staging, folder.path.name)
+        # --- end of remediation hook
         if write_report:
             from audit.report import render_report
 
@@ -205,6 +211,12 @@ def _audit(
                 collect_evidence(conn, bound, folder.staging)
                 timer.measure("evidence", t)
                 # -- end evidence
+                # --- remediation hook (remediate/target.py): fingerprint, entity
+                # columns and orphan rows, read inside this snapshot.
+                from remediate.target import capture_target
+
+                capture_target(conn, bound, url, folder.staging)
+                # --- end of remediation hook
         finally:
             try:
                 conn.rollback()

@@ -94,7 +94,7 @@ def _disagreements(
         .order_by(*(own.c[lbl] for lbl in labels))
     )
     n = len(labels)
-    for row in conn.execution_options(yield_per=2000).execute(query):
+    for row in conn.execute(query, execution_options={"yield_per": 2000}):
         m = row._mapping
         key = tuple(row[:n])
         if any(k is None for k in key):

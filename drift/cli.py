@@ -338,6 +338,200 @@ def demo(
     typer.echo(f"  drift audit -c {spec} --format json")
 
 
+# --------------------------------------------------------------------------- remediation
+# plan, approve, apply, verify, rollback: thin wrappers over remediate/.
+
+
+@app.command()
+def plan(
+    audit_dir: Annotated[Path, typer.Argument(help="An audit folder.")],
+    mode: Annotated[
+        list[str] | None,
+        typer.Option("--mode", help="ENTITY.COLUMN=delta|cas (repeatable)."),
+    ] = None,
+    cas: Annotated[bool, typer.Option("--cas", help="Use cas for every column.")] = False,
+    delete_orphans: Annotated[
+        bool, typer.Option("--delete-orphans", help="Plan guarded DELETEs for orphan rows.")
+    ] = False,
+) -> None:
+    """Re-plan an audit with other options (offline; replaces plan/ and its approvals)."""
+    from audit.errors import PlanError
+    from remediate.plan import PlanOptions, build_plan, write_plan
+
+    modes = {}
+    for item in mode or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise PlanError(f"--mode {item}: write ENTITY.COLUMN=delta or ENTITY.COLUMN=cas")
+        modes[name.strip()] = value.strip()
+    options = PlanOptions(modes=modes, all_cas=cas, delete_orphans=delete_orphans)
+    built = build_plan(audit_dir, options)
+    folder = write_plan(audit_dir, built)
+    typer.echo(_plan_text(built, folder))
+
+
+def _plan_text(built: Any, folder: Path) -> str:
+    manual = [a for a in built.actions if a.is_manual]
+    by_mode: dict[str, int] = {}
+    for a in built.actions:
+        by_mode[a.mode] = by_mode.get(a.mode, 0) + 1
+    modes = ", ".join(f"{n} {m}" for m, n in sorted(by_mode.items())) or "nothing to do"
+    lines = [f"plan {built.plan_id}: {len(built.actions)} action(s) ({modes})"]
+    for a in manual:
+        lines.append(f"  manual: action {a.id} {a.entity} {a.key}: {a.manual_reason}")
+    lines.append(f"plan:     {folder / 'plan.json'}")
+    lines.append(f"fix:      {folder / 'fix.sql'}")
+    lines.append(f"rollback: {folder / 'rollback.sql'}")
+    lines.append(f"next:     drift approve {folder} --by NAME")
+    return "\n".join(lines)
+
+
+@app.command()
+def approve(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan (or audit) folder.")],
+    by: Annotated[str, typer.Option("--by", help="Who approves.")],
+    note: Annotated[str | None, typer.Option("--note", help="Why.")] = None,
+    rollback_: Annotated[
+        bool, typer.Option("--rollback", help="Approve the rollback instead of the fix.")
+    ] = False,
+) -> None:
+    """Approve a plan's current files (bound to their SHA-256; HMAC with DRIFT_APPROVAL_KEY)."""
+    from remediate.approval import approve as record
+
+    approval = record(plan_path, by, note, "rollback" if rollback_ else "fix")
+    signed = " (signed)" if approval.hmac else ""
+    typer.echo(
+        f"approved{signed} for {approval.purpose} by {approval.by}: "
+        f"plan sha256 {approval.plan_sha256}"
+    )
+
+
+def _apply_text(result: Any) -> str:
+    verb = "would change" if result.dry_run else "changed"
+    lines = [
+        f"{result.operation} {result.plan_id}: {verb} {result.rows_changed} row(s)"
+        + (f", {result.manual} manual action(s) left" if result.manual else "")
+        + (f", {result.batches_skipped} batch(es) resumed" if result.batches_skipped else "")
+    ]
+    for c in result.changes:
+        column = f".{c['column']}" if c["column"] else ""
+        lines.append(
+            f"  action {c['action_id']}: {c['entity']} {c['key']}{column} "
+            f"{_short(c['before'])} -> {_short(c['after'])}"
+        )
+    for f in result.guard_failures:
+        column = f".{f['column']}" if f["column"] else ""
+        lines.append(
+            f"  guard would fail: action {f['action_id']}: {f['entity']} {f['key']}{column}: "
+            f"{f['reason']}"
+        )
+    if result.dry_run:
+        lines.append("dry run: everything was rolled back")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    from audit.findings import to_json
+
+    text = to_json(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+ApplyDb = Annotated[str, typer.Option("--db", help="The target database URL.")]
+
+
+@app.command()
+def apply(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan (or audit) folder.")],
+    db: ApplyDb,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Do everything, report, roll back.")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Commit every N actions (resumable).")
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds to wait for a row lock.")
+    ] = 5.0,
+    require: Annotated[int, typer.Option("--require", help="Approvers needed.")] = 1,
+    target_override: Annotated[
+        str | None,
+        typer.Option("--target-override", help="Apply to another target; the reason is logged."),
+    ] = None,
+) -> None:
+    """Apply an approved plan: guarded, transactional, verified before commit."""
+    from remediate.apply import apply_plan
+
+    result = apply_plan(
+        plan_path,
+        db,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        lock_timeout=lock_timeout,
+        require=require,
+        target_override=target_override,
+        progress=progress,
+    )
+    typer.echo(_apply_text(result))
+    raise typer.Exit(1 if result.dry_run and result.guard_failures else 0)
+
+
+@app.command()
+def verify(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan (or audit) folder.")],
+    db: ApplyDb,
+) -> None:
+    """Re-audit the plan's keys: exit 0 when the drift it targeted is gone, 1 otherwise."""
+    from remediate.verify import verify_plan
+
+    result = verify_plan(plan_path, db)
+    if result.clean:
+        typer.echo(f"verify {result.plan_id}: {result.checked_keys} key(s) clean")
+        raise typer.Exit(0)
+    typer.echo(
+        f"verify {result.plan_id}: {len(result.remaining)} targeted finding(s) remain "
+        f"in {result.checked_keys} key(s)"
+    )
+    for f in result.remaining:
+        column = f".{f.column}" if f.column else ""
+        typer.echo(f"  {f.entity} {f.key_json}{column}: {f.kind}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan (or audit) folder.")],
+    db: ApplyDb,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report and roll back.")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Commit every N actions (resumable).")
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", help="Seconds to wait for a row lock.")
+    ] = 5.0,
+    require: Annotated[int, typer.Option("--require", help="Approvers needed.")] = 1,
+    target_override: Annotated[
+        str | None,
+        typer.Option("--target-override", help="Apply to another target; the reason is logged."),
+    ] = None,
+) -> None:
+    """Undo an applied plan (needs its own approval: drift approve PLAN --rollback)."""
+    from remediate.apply import rollback_plan
+
+    result = rollback_plan(
+        plan_path,
+        db,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        lock_timeout=lock_timeout,
+        require=require,
+        target_override=target_override,
+        progress=progress,
+    )
+    typer.echo(_apply_text(result))
+    raise typer.Exit(1 if result.dry_run and result.guard_failures else 0)
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -120,7 +120,15 @@ def _make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
 
     if name != "sqlite":
         require_server(name)
-    base = {"sqlite": None, "postgresql": POSTGRES_URL, "mysql": MYSQL_URL}[name]
+    if name == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        engine = sa.create_engine(url)
+        try:
+            yield Backend(name=name, url=url, engine=engine, tmp_path=tmp_path)
+        finally:
+            engine.dispose()
+        return
+    base = POSTGRES_URL if name == "postgresql" else MYSQL_URL
     with scratch_database(base, tmp_path) as url:
         parsed = make_url(url)
         if name == "postgresql":

@@ -57,7 +57,10 @@ def test_demo_report_header_and_cards(demo_audit):
     assert marks["stock"][2] == json.dumps(summary["watermarks"]["stock"]["value"])
     assert marks["stock"][3] == str(summary["watermarks"]["stock"]["rows"])
     assert set(marks) == {"stock", "order_events"}
-    assert "plan" not in {n.attrs.get("id") for n in doc.iter()}
+    # The audit proposes a plan; nobody has approved it yet.
+    plan = json.loads((demo_audit / "plan" / "plan.json").read_text())
+    assert doc.by_id("plan-id").text == plan["plan_id"]
+    assert doc.by_id("plan-status").text == "not approved"
 
     def card(name: str) -> str:
         return doc.by_id(f"card-{name}").find(cls="n").text

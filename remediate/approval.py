@@ -1,0 +1,142 @@
+"""Approvals: a person's sign-off, bound to the SHA-256 of the plan's files.
+
+``plan/approvals.json`` holds ``{"approvals": [{"by", "at", "note",
+"plan_sha256", "for", "hmac"?}]}``; ``for`` is ``fix`` or ``rollback`` (a
+rollback needs its own approval). With ``DRIFT_APPROVAL_KEY`` set, each
+approval carries an HMAC-SHA256 over its hash, purpose, approver and time, and
+:func:`check_approvals` rejects any approval that does not verify: write access
+to the folder is not enough to forge one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.errors import PlanError, RefusedError
+from remediate.plan import APPROVALS, load_plan, plan_dir, plan_sha256
+
+KEY_ENV = "DRIFT_APPROVAL_KEY"
+PURPOSES = ("fix", "rollback")
+
+
+@dataclass(frozen=True)
+class Approval:
+    by: str
+    at: str
+    note: str | None
+    plan_sha256: str
+    purpose: str = "fix"
+    hmac: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "by": self.by,
+            "at": self.at,
+            "note": self.note,
+            "plan_sha256": self.plan_sha256,
+            "for": self.purpose,
+        }
+        if self.hmac is not None:
+            data["hmac"] = self.hmac
+        return data
+
+
+def _mac(key: str, approval: Approval) -> str:
+    message = "\n".join([approval.plan_sha256, approval.purpose, approval.by, approval.at])
+    return hmac.new(key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def read_approvals(plan: str | Path) -> list[Approval]:
+    path = plan_dir(plan) / APPROVALS
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [
+            Approval(
+                by=a["by"],
+                at=a["at"],
+                note=a.get("note"),
+                plan_sha256=a["plan_sha256"],
+                purpose=a.get("for", "fix"),
+                hmac=a.get("hmac"),
+            )
+            for a in data["approvals"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RefusedError(f"{path} is unreadable or malformed: {exc}") from None
+
+
+def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "fix") -> Approval:
+    """Record an approval of the plan's current files."""
+    if not by.strip():
+        raise PlanError("--by: an approver name is required")
+    if purpose not in PURPOSES:
+        raise PlanError(f"unknown approval purpose {purpose!r}")
+    folder = plan_dir(plan)
+    load_plan(folder)  # a malformed plan cannot be approved
+    approval = Approval(
+        by=by.strip(),
+        at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        note=note,
+        plan_sha256=plan_sha256(folder),
+        purpose=purpose,
+    )
+    key = os.environ.get(KEY_ENV)
+    if key:
+        approval = Approval(**{**approval.__dict__, "hmac": _mac(key, approval)})
+    existing = read_approvals(folder)
+    if any(
+        a.by == approval.by and a.purpose == purpose and a.plan_sha256 == approval.plan_sha256
+        for a in existing
+    ):
+        raise PlanError(f"{approval.by} has already approved this plan for {purpose}")
+    data = {"approvals": [a.to_json() for a in [*existing, approval]]}
+    tmp = folder / f".{APPROVALS}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / APPROVALS)
+    return approval
+
+
+def check_approvals(plan: str | Path, require: int = 1, purpose: str = "fix") -> list[Approval]:
+    """The valid approvals for ``purpose``; refuses when there are too few or any is forged.
+
+    An approval of other files (the plan changed after it was given) does not
+    count, and when every approval is for other files the plan was tampered with.
+    """
+    folder = plan_dir(plan)
+    current = plan_sha256(folder)
+    approvals = [a for a in read_approvals(folder) if a.purpose == purpose]
+    what = "rollback" if purpose == "rollback" else "plan"
+    if not approvals:
+        hint = " --rollback" if purpose == "rollback" else ""
+        raise RefusedError(
+            f"refused: the {what} is not approved (run: drift approve {folder} --by NAME{hint})"
+        )
+    key = os.environ.get(KEY_ENV)
+    if key:
+        for a in approvals:
+            if a.hmac is None or not hmac.compare_digest(a.hmac, _mac(key, a)):
+                raise RefusedError(
+                    f"refused: the approval by {a.by} does not verify with DRIFT_APPROVAL_KEY"
+                )
+    valid = [a for a in approvals if a.plan_sha256 == current]
+    if not valid:
+        raise RefusedError(
+            f"refused: the plan's files changed after approval (sha256 {current[:16]} "
+            f"was not approved); review the plan and approve it again"
+        )
+    approvers = sorted({a.by for a in valid})
+    if len(approvers) < require:
+        raise RefusedError(
+            f"refused: the {what} needs {require} approver(s), it has {len(approvers)} "
+            f"({', '.join(approvers)})"
+        )
+    return valid

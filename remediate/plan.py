@@ -1,0 +1,562 @@
+"""Remediation plans: from an audit's findings to guarded actions and scripts.
+
+A plan lives in the audit folder's ``plan/``: ``plan.json`` (the data),
+``fix.sql`` and ``rollback.sql`` (renderings of it for the target's dialect)
+and, once someone approves it, ``approvals.json``. Everything here works
+offline, from the audit folder alone.
+
+Fix modes per mismatch:
+
+* ``delta`` (default for sum and count): ``SET col = col + correction``;
+  commutes with concurrent legitimate writes.
+* ``cas`` (default for min, max, first, last; selectable for all): ``SET col =
+  expected WHERE key = ... AND col = observed``.
+
+Row findings: ``missing_row`` becomes an INSERT when every NOT NULL column
+without a default is known; ``orphan_row`` a DELETE guarded by the whole
+observed row, only with ``delete_orphans``; ``duplicate_key`` and ``null_key``
+are always manual.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from audit.errors import AuditFolderError, OutputError, PlanError
+from audit.findings import (
+    ABSENT,
+    DUPLICATE_KEY,
+    MISMATCH,
+    MISSING_ROW,
+    NULL_KEY,
+    ORPHAN_ROW,
+    from_json,
+    read_findings,
+    to_json,
+)
+from audit.output import FINDINGS, SPEC_COPY, read_summary
+from audit.templating import sql_environment
+from remediate.sql import ScriptDialect, Step, get_script_dialect, offline_table, step_statement
+from remediate.target import FAMILIES, read_target
+
+PLAN_DIR = "plan"
+PLAN_JSON = "plan.json"
+FIX_SQL = "fix.sql"
+ROLLBACK_SQL = "rollback.sql"
+APPROVALS = "approvals.json"
+PLAN_FILES = (PLAN_JSON, FIX_SQL, ROLLBACK_SQL)
+
+MODES = ("delta", "cas")
+DELTA_FOLDS = ("sum", "count")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How to plan: per-column modes ("entity.column" -> mode), orphans."""
+
+    modes: Mapping[str, str] = field(default_factory=dict)
+    all_cas: bool = False
+    delete_orphans: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "modes": dict(self.modes),
+            "all_cas": self.all_cas,
+            "delete_orphans": self.delete_orphans,
+        }
+
+
+@dataclass(frozen=True)
+class Action:
+    """One planned change (or a manual item) for one finding."""
+
+    id: int
+    entity: str
+    key: str
+    column: str | None
+    kind: str
+    mode: str
+    before: Any
+    after: Any
+    sql: tuple[str, ...] = ()
+    rollback_sql: tuple[str, ...] = ()
+    manual_reason: str | None = None
+
+    @property
+    def key_values(self) -> tuple[Any, ...]:
+        return tuple(from_json(self.key))
+
+    @property
+    def is_manual(self) -> bool:
+        return self.mode == "manual"
+
+
+@dataclass(frozen=True)
+class Plan:
+    plan_id: str
+    created_at: str
+    audit: str
+    spec_sha256: str
+    fingerprint: dict[str, Any]
+    watermarks: dict[str, Any]
+    options: dict[str, Any]
+    entities: dict[str, Any]
+    actions: tuple[Action, ...]
+
+    @property
+    def dialect(self) -> str:
+        return str(self.fingerprint["dialect"])
+
+    def automatic(self) -> list[Action]:
+        return [a for a in self.actions if not a.is_manual]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def fix_step(action: Action) -> Step:
+    """The forward change of an action."""
+    key = action.key_values
+    if action.mode == "delta":
+        value = _number(action.after) - _number(action.before)
+        return Step(action.id, action.entity, key, "delta", action.column, value=value)
+    if action.mode == "cas":
+        return Step(
+            action.id,
+            action.entity,
+            key,
+            "cas",
+            action.column,
+            value=action.after,
+            observed=action.before,
+        )
+    if action.mode == "insert":
+        return Step(action.id, action.entity, key, "insert", row=dict(action.after))
+    if action.mode == "delete":
+        return Step(action.id, action.entity, key, "delete", row=dict(action.before))
+    raise PlanError(f"action {action.id} is manual and has no SQL")
+
+
+def rollback_step(action: Action) -> Step:
+    """The change that undoes :func:`fix_step`."""
+    step = fix_step(action)
+    if step.op == "delta":
+        return replace(step, value=-step.value)
+    if step.op == "cas":
+        return replace(step, value=step.observed, observed=step.value)
+    if step.op == "insert":
+        return replace(step, op="delete")
+    return replace(step, op="insert")
+
+
+def _number(value: Any) -> Any:
+    return value if isinstance(value, (int, Decimal)) else Decimal(str(value))
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def build_plan(
+    audit_dir: str | Path, options: PlanOptions | None = None, audit_name: str | None = None
+) -> Plan:
+    """Plan the remediation of an audit folder's findings (no database needed)."""
+    audit_dir = Path(audit_dir)
+    options = options or PlanOptions()
+    summary = read_summary(audit_dir)
+    target = read_target(audit_dir)
+    spec_entities = summary["entities"]
+    _check_modes(options, spec_entities)
+    fingerprint = target["fingerprint"]
+    script = get_script_dialect(fingerprint["dialect"])
+    actions: list[Action] = []
+    for row in read_findings(audit_dir / FINDINGS):
+        entity = row["entity"]
+        action = _plan_finding(
+            len(actions) + 1, row, spec_entities[entity], target, entity, options
+        )
+        actions.append(action)
+    tables = {name: offline_table(info) for name, info in target["entities"].items()}
+    actions = [_with_sql(a, script, target, tables) for a in actions]
+    now = dt.datetime.now(dt.UTC)
+    return Plan(
+        plan_id=f"plan-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}",
+        created_at=now.isoformat(timespec="seconds"),
+        audit=audit_name or audit_dir.resolve().name,
+        spec_sha256=summary["spec"]["sha256"],
+        fingerprint=fingerprint,
+        watermarks=summary.get("watermarks", {}),
+        options=options.to_json(),
+        entities={
+            name: {"table": info["name"], "schema": info.get("schema"), "key": info["key"]}
+            for name, info in target["entities"].items()
+        },
+        actions=tuple(actions),
+    )
+
+
+def _check_modes(options: PlanOptions, entities: Mapping[str, Any]) -> None:
+    for name, mode in options.modes.items():
+        entity, _, column = name.partition(".")
+        if mode not in MODES:
+            raise PlanError(f"--mode {name}={mode}: unknown mode (use delta or cas)")
+        if entity not in entities or column not in entities[entity]["columns"]:
+            known = [f"{e}.{c}" for e, info in entities.items() for c in info["columns"]]
+            raise PlanError(f"--mode {name}: no such audited column{_did_you_mean(name, known)}")
+        fold = entities[entity]["columns"][column]["fold"]
+        if mode == "delta" and fold not in DELTA_FOLDS:
+            raise PlanError(
+                f"--mode {name}=delta: delta needs a sum or count column, {name} is {fold!r}"
+            )
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    from audit.errors import did_you_mean
+
+    return did_you_mean(word, candidates)
+
+
+# Findings about messages and witnesses, not about the state of a row: drift never writes
+# outbox messages or job logs, so each is listed for a person, with what to do.
+EVIDENCE_REASONS = {
+    "unannounced_event": "the event has no outbox message: the application must publish it "
+    "(drift does not write messages)",
+    "duplicate_announcement": "an event was announced more than once: consumers must be "
+    "idempotent, or the application must remove the extra messages",
+    "stuck_message": "the message was never published: check the outbox relay",
+    "orphan_message": "a message announces an event that does not exist: investigate the "
+    "producer before deleting it",
+    "witness_disagreement": "two witnesses disagree about the rebuilt value: fix the spec or "
+    "the witness before planning",
+}
+
+
+def _plan_finding(
+    action_id: int,
+    row: dict[str, Any],
+    spec_entity: dict[str, Any],
+    target: dict[str, Any],
+    entity: str,
+    options: PlanOptions,
+) -> Action:
+    kind = row["kind"]
+    expected, actual = from_json(row["expected"]), from_json(row["actual"])
+    base = Action(
+        id=action_id,
+        entity=entity,
+        key=row["key"],
+        column=row["column"],
+        kind=kind,
+        mode="manual",
+        before=None if actual is ABSENT else actual,
+        after=None if expected is ABSENT else expected,
+    )
+
+    def manual(reason: str) -> Action:
+        return replace(base, mode="manual", manual_reason=reason)
+
+    if kind in EVIDENCE_REASONS:
+        return manual(EVIDENCE_REASONS[kind])
+    info = target["entities"][entity]
+    columns = {c["name"]: c for c in info["columns"]}
+    if kind in (DUPLICATE_KEY, NULL_KEY):
+        return manual(
+            "duplicate keys need a person to decide which row is right"
+            if kind == DUPLICATE_KEY
+            else "rows with a NULL key belong to no entity; fix the writer, then the rows"
+        )
+    if None in info["key"]:
+        return manual("the entity key is an expression, not plain columns")
+    unrenderable = [n for n in info["key"] if columns[n]["family"] not in FAMILIES]
+    if unrenderable:
+        return manual(f"key column(s) {', '.join(unrenderable)} have a type drift cannot render")
+    if kind == MISMATCH:
+        column = columns[row["column"]]
+        if column["family"] not in FAMILIES:
+            return manual(f"column {column['name']} ({column['type']}) cannot be rendered")
+        fold = spec_entity["columns"][row["column"]]["fold"]
+        name = f"{entity}.{row['column']}"
+        mode = options.modes.get(name) or (
+            "cas" if options.all_cas or fold not in DELTA_FOLDS else "delta"
+        )
+        if mode == "delta" and not (_numeric(actual) and _numeric(expected)):
+            mode = "cas"  # NULL + correction is NULL: only an exact set works
+        return replace(base, mode=mode)
+    if kind == MISSING_ROW:
+        values = dict(zip(info["key"], base.key_values)) | dict(expected)
+        unknown = [
+            c["name"]
+            for c in info["columns"]
+            if not c["nullable"] and not c["has_default"] and values.get(c["name"]) is None
+        ]
+        if unknown:
+            return manual(
+                f"cannot insert: NOT NULL column(s) {', '.join(unknown)} have no default "
+                "and no known value"
+            )
+        bad = [n for n in values if columns[n]["family"] not in FAMILIES]
+        if bad:
+            return manual(f"cannot insert: column(s) {', '.join(bad)} cannot be rendered")
+        return replace(base, mode="insert", after=values)
+    if kind == ORPHAN_ROW:
+        if not options.delete_orphans:
+            return manual("orphan rows are deleted only when planned with --delete-orphans")
+        full = target.get("orphans", {}).get(entity, {}).get(row["key"])
+        if full is None:
+            return manual("the whole observed row was not captured by the audit")
+        bad = [n for n in full if columns[n]["family"] not in FAMILIES]
+        if bad:
+            return manual(f"cannot guard a delete on column(s) {', '.join(bad)}")
+        return replace(base, mode="delete", before=full)
+    return manual(f"unknown finding kind {kind!r}")
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, Decimal, float)) and not isinstance(value, bool)
+
+
+def _with_sql(
+    action: Action, script: ScriptDialect, target: dict[str, Any], tables: dict[str, Any]
+) -> Action:
+    if action.is_manual:
+        return action
+    info = target["entities"][action.entity]
+    table = tables[action.entity]
+    fix = _guarded(script, fix_step(action), table, info["key"])
+    back = _guarded(script, rollback_step(action), table, info["key"])
+    return replace(action, sql=(fix,), rollback_sql=(back,))
+
+
+def _guarded(script: ScriptDialect, step: Step, table: Any, key: list[str]) -> str:
+    statement = step_statement(step, table, key, script)
+    return script.guarded(script.compile(statement), step.action_id)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_script(plan: Plan, operation: str) -> str:
+    """fix.sql or rollback.sql: all or nothing, recorded in the history table."""
+    import sqlalchemy as sa
+
+    from remediate.history import History
+
+    script = get_script_dialect(plan.dialect)
+    rollback = operation == "rollback"
+    automatic = plan.automatic()
+    ordered = list(reversed(automatic)) if rollback else automatic
+    history = History()
+    record = script.plain(
+        script.compile(
+            history.log.insert().values(
+                plan_id=plan.plan_id,
+                operation=operation,
+                via=f"{operation}.sql",
+                applied_by=script.script_user(),
+                started_at=sa.func.current_timestamp(),
+                finished_at=sa.func.current_timestamp(),
+                outcome="applied",
+                rows_changed=len(automatic),
+            )
+        )
+    )
+    blocks = [
+        {
+            "comment": _comment(
+                f"action {a.id}: {a.kind} {a.entity}"
+                + (f".{a.column}" if a.column else "")
+                + f" ({_mode_text(a.mode, rollback)})"
+            ),
+            "sql": (a.rollback_sql if rollback else a.sql)[0],
+        }
+        for a in ordered
+    ]
+    manual = [
+        _comment(f"action {a.id}: {a.kind} {a.entity}: {a.manual_reason}")
+        for a in plan.actions
+        if a.is_manual
+    ]
+    file = ROLLBACK_SQL if rollback else FIX_SQL
+    header = [
+        _comment(f"drift {'rollback' if rollback else 'fix'} script for plan {plan.plan_id}"),
+        _comment(f"audit: {plan.audit} (spec sha256 {plan.spec_sha256[:16]})"),
+        _comment(f"target: {plan.fingerprint['dialect']} database {plan.fingerprint['database']}"),
+        _comment(f"created: {plan.created_at}"),
+        f"{len(automatic)} guarded change(s), {len(manual)} manual action(s).",
+        "All or nothing: any guard that misses aborts the whole script; running it",
+        "a second time fails at the history record and changes nothing.",
+        f"Run: {script.run_hint().replace('FILE', file)}",
+        "Prefer `drift apply` (approval, fingerprint check, lock, verify).",
+    ]
+    template = sql_environment().get_template("remediation.sql.j2")
+    return template.render(
+        header=header,
+        prologue=script.prologue(),
+        begin=script.begin(),
+        guard_setup=script.guard_setup(),
+        record=record,
+        blocks=blocks,
+        manual=manual,
+        commit=script.commit(),
+    )
+
+
+def _mode_text(mode: str, rollback: bool) -> str:
+    if not rollback:
+        return mode
+    return {"insert": "delete the inserted row", "delete": "re-insert the row"}.get(
+        mode, f"undo {mode}"
+    )
+
+
+def _comment(text: str) -> str:
+    """Text safe inside a one-line SQL comment."""
+    return " ".join(str(text).split())
+
+
+def plan_json(plan: Plan) -> str:
+    """plan.json text: exact values (decimals keep their digits), one action per line."""
+    head = {
+        "plan_id": plan.plan_id,
+        "created_at": plan.created_at,
+        "audit": plan.audit,
+        "spec_sha256": plan.spec_sha256,
+        "fingerprint": plan.fingerprint,
+        "watermarks": plan.watermarks,
+        "options": plan.options,
+        "entities": plan.entities,
+    }
+    lines = ["{"]
+    for name, value in head.items():
+        lines.append(f"  {json.dumps(name)}: {to_json(value)},")
+    lines.append('  "actions": [')
+    actions = [
+        to_json(
+            {
+                "id": a.id,
+                "entity": a.entity,
+                "key": a.key,
+                "column": a.column,
+                "kind": a.kind,
+                "mode": a.mode,
+                "before": a.before,
+                "after": a.after,
+                "sql": list(a.sql),
+                "rollback_sql": list(a.rollback_sql),
+                "manual_reason": a.manual_reason,
+            }
+        )
+        for a in plan.actions
+    ]
+    lines.append(",\n".join(f"    {a}" for a in actions))
+    lines.append("  ]")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(audit_dir: str | Path, plan: Plan) -> Path:
+    """Write plan/ atomically (replacing an older plan and its approvals)."""
+    audit_dir = Path(audit_dir)
+    final = audit_dir / PLAN_DIR
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".plan.", suffix=".partial", dir=audit_dir))
+        (staging / PLAN_JSON).write_text(plan_json(plan), encoding="utf-8")
+        (staging / FIX_SQL).write_text(render_script(plan, "fix"), encoding="utf-8")
+        (staging / ROLLBACK_SQL).write_text(render_script(plan, "rollback"), encoding="utf-8")
+        if final.exists():
+            old = final.with_name(f".plan.{secrets.token_hex(4)}.old")
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging, final)
+    except OSError as exc:
+        raise OutputError(f"cannot write the plan in {audit_dir}: {exc.strerror}") from None
+    return final
+
+
+def propose_plan(staging: Path, audit_name: str) -> None:
+    """The audit's hook: write the default plan into a (staging) audit folder."""
+    write_plan(staging, build_plan(staging, audit_name=audit_name))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def plan_dir(path: str | Path) -> Path:
+    """The plan folder for a plan folder or an audit folder."""
+    path = Path(path)
+    if (path / PLAN_JSON).is_file():
+        return path
+    if (path / PLAN_DIR / PLAN_JSON).is_file():
+        return path / PLAN_DIR
+    raise AuditFolderError(f"no plan found at {path} (expected {PLAN_JSON} or {PLAN_DIR}/)")
+
+
+def load_plan(path: str | Path) -> Plan:
+    folder = plan_dir(path)
+    try:
+        data = json.loads((folder / PLAN_JSON).read_text(encoding="utf-8"), parse_float=Decimal)
+        actions = tuple(
+            Action(
+                id=a["id"],
+                entity=a["entity"],
+                key=a["key"],
+                column=a["column"],
+                kind=a["kind"],
+                mode=a["mode"],
+                before=a["before"],
+                after=a["after"],
+                sql=tuple(a["sql"]),
+                rollback_sql=tuple(a.get("rollback_sql", ())),
+                manual_reason=a["manual_reason"],
+            )
+            for a in data["actions"]
+        )
+        return Plan(
+            plan_id=data["plan_id"],
+            created_at=data["created_at"],
+            audit=data.get("audit", ""),
+            spec_sha256=data["spec_sha256"],
+            fingerprint=data["fingerprint"],
+            watermarks=data["watermarks"],
+            options=data.get("options", {}),
+            entities=data["entities"],
+            actions=actions,
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise PlanError(f"{folder / PLAN_JSON} is not a valid plan: {exc}") from None
+
+
+def plan_sha256(path: str | Path) -> str:
+    """SHA-256 binding the plan's files (plan.json, fix.sql, rollback.sql)."""
+    folder = plan_dir(path)
+    digest = hashlib.sha256()
+    for name in PLAN_FILES:
+        try:
+            data = (folder / name).read_bytes()
+        except FileNotFoundError:
+            raise PlanError(f"{folder} is incomplete: {name} is missing") from None
+        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def spec_path(path: str | Path) -> Path:
+    """The spec copy of the audit a plan belongs to."""
+    return plan_dir(path).parent / SPEC_COPY
+
+
+def iter_keys(actions: Iterable[Action]) -> dict[str, list[tuple[Any, ...]]]:
+    """Distinct keys per entity, in plan order."""
+    keys: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for a in actions:
+        keys.setdefault(a.entity, {}).setdefault(a.key, a.key_values)
+    return {e: list(k.values()) for e, k in keys.items()}

@@ -1,0 +1,467 @@
+"""Remediation SQL: Core statements per step, and one small class per dialect.
+
+A :class:`Step` is one guarded change (an action of a plan, forwards or
+backwards). :func:`step_statement` turns it into a SQLAlchemy Core statement;
+:meth:`ScriptDialect.compile` renders that statement with literal binds for a
+script, and ``drift apply`` executes the very same kind of statement with bound
+parameters. Values reach SQL only through SQLAlchemy's literal processors.
+
+What differs between databases (how a guard aborts a standalone script, how a
+transaction starts, which client runs the script) lives in one small class per
+dialect, found by name with :func:`get_script_dialect`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from audit.dialects import _utf8mb4_bytes, get_dialect
+from audit.errors import PlanError, did_you_mean
+from remediate.history import history_tables
+
+FAMILY_TYPES: dict[str, type[sa.types.TypeEngine]] = {
+    "integer": sa.BigInteger,
+    "numeric": sa.Numeric,
+    "float": sa.Float,
+    "string": sa.String,
+    "boolean": sa.Boolean,
+    # Temporal values travel as their ISO text; every engine casts it on assignment.
+    "datetime": sa.String,
+    "date": sa.String,
+    "time": sa.String,
+}
+
+GUARD_FAILED = "drift: guard failed: a row changed since the audit; nothing was applied"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One guarded change to one row.
+
+    ``op`` is delta (add ``value``), cas (set ``value`` where the column still
+    holds ``observed``), insert (``row``, only if no row has the key) or delete
+    (only the row that equals ``row`` in every column).
+    """
+
+    action_id: int
+    entity: str
+    key: tuple[Any, ...]
+    op: str
+    column: str | None = None
+    value: Any = None
+    observed: Any = None
+    row: dict[str, Any] | None = None
+
+
+def offline_table(info: dict[str, Any]) -> sa.Table:
+    """A Table built from target.json's description (no database needed)."""
+    columns = [
+        sa.Column(c["name"], FAMILY_TYPES.get(c["family"], sa.String)(), nullable=c["nullable"])
+        for c in info["columns"]
+    ]
+    return sa.Table(info["name"], sa.MetaData(), *columns, schema=info.get("schema"))
+
+
+def _literal(column: sa.Column, value: Any) -> ColumnElement:
+    return sa.literal(value, type_=column.type)
+
+
+def _is_text(column: sa.Column) -> bool:
+    return isinstance(column.type, sa.String)
+
+
+def matches(dialect: ScriptDialect, column: sa.Column, value: Any) -> ColumnElement:
+    """Null-safe, exact (byte-wise for text) ``column = value``."""
+    if value is None:
+        return column.is_(None)
+    literal = _literal(column, value)
+    if _is_text(column):
+        return dialect.exact_text_equals(column, literal)
+    return column == literal
+
+
+def key_match(table: sa.Table, key_names: list[str], key: tuple[Any, ...]) -> ColumnElement:
+    return sa.and_(*(table.c[n] == _literal(table.c[n], v) for n, v in zip(key_names, key)))
+
+
+def step_statement(
+    step: Step, table: sa.Table, key_names: list[str], dialect: ScriptDialect
+) -> sa.Executable:
+    """The Core statement of a step; it changes exactly one row when its guard holds."""
+    where_key = key_match(table, key_names, step.key)
+    if step.op == "delta":
+        column = table.c[step.column]
+        return (
+            table.update()
+            .where(where_key)
+            .values({column.name: column + _literal(column, step.value)})
+        )
+    if step.op == "cas":
+        column = table.c[step.column]
+        return (
+            table.update()
+            .where(where_key, matches(dialect, column, step.observed))
+            .values({column.name: _literal(column, step.value)})
+        )
+    assert step.row is not None
+    if step.op == "insert":
+        names = list(step.row)
+        values = [_literal(table.c[n], step.row[n]).label(n) for n in names]
+        absent = ~sa.exists().where(where_key)
+        return table.insert().from_select(names, sa.select(*values).where(absent))
+    if step.op == "delete":
+        guards = [
+            matches(dialect, table.c[n], v) for n, v in step.row.items() if n not in key_names
+        ]
+        return table.delete().where(where_key, *guards)
+    raise PlanError(f"unknown step {step.op!r}")
+
+
+# --------------------------------------------------------------------------- dialects
+
+
+class ScriptDialect:
+    """How one database runs a guarded, all-or-nothing remediation script."""
+
+    name: ClassVar[str] = ""
+    client: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.audit = get_dialect(self.name)
+        self._compiling_dialect: sa.engine.Dialect | None = None
+
+    def sa_dialect(self) -> sa.engine.Dialect:
+        raise NotImplementedError
+
+    def compile(self, statement: sa.Executable | sa.schema.ExecutableDDLElement) -> str:
+        """The statement as text with every value rendered as a literal."""
+        if self._compiling_dialect is None:
+            self._compiling_dialect = self.sa_dialect()
+        compiled = statement.compile(
+            dialect=self._compiling_dialect, compile_kwargs={"literal_binds": True}
+        )
+        return str(compiled).strip()
+
+    def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
+        """Text equality byte for byte, whatever the column's collation."""
+        return column == value
+
+    def history_ddl(self) -> list[str]:
+        return [
+            self.compile(sa.schema.CreateTable(table, if_not_exists=True)) + ";"
+            for table in history_tables(sa.MetaData())
+        ]
+
+    def script_user(self) -> ColumnElement:
+        return sa.func.current_user()
+
+    def prologue(self) -> list[str]:
+        """Statements before the transaction (settings; DDL that may commit)."""
+        return self.history_ddl()
+
+    def begin(self) -> list[str]:
+        return ["BEGIN;"]
+
+    def guard_setup(self) -> list[str]:
+        return []
+
+    def plain(self, sql: str) -> str:
+        """An unguarded statement in the transaction body."""
+        return sql + ";"
+
+    def guarded(self, sql: str, action_id: int) -> str:
+        """A statement that aborts the whole script unless it changed one row."""
+        raise NotImplementedError
+
+    def commit(self) -> list[str]:
+        return ["COMMIT;"]
+
+    def run_hint(self) -> str:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- drift apply
+
+    def apply_connection(self, conn: Connection) -> Connection:
+        """The apply connection's transaction settings."""
+        return conn
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        raise NotImplementedError
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        """Take the per-database apply lock (kept until release); False when taken."""
+        raise NotImplementedError
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    def drop_temp(self, conn: Connection, name: str) -> None:
+        conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}")
+
+    def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        """The type of a temp-table copy of ``column``."""
+        return column.type
+
+
+class PostgresScript(ScriptDialect):
+    name = "postgresql"
+    client = "psql"
+
+    def sa_dialect(self) -> sa.engine.Dialect:
+        # The named paramstyle keeps "%" in literals as is (pyformat would double it).
+        return postgresql.psycopg.dialect(paramstyle="named")
+
+    def prologue(self) -> list[str]:
+        return ["SET standard_conforming_strings = on;", *self.history_ddl()]
+
+    def guarded(self, sql: str, action_id: int) -> str:
+        tag = next(
+            t
+            for t in (f"$drift{n or ''}$" for n in itertools.count())
+            if t not in sql and t[:-1] not in sql
+        )
+        return "\n".join(
+            [
+                f"DO {tag}",
+                "DECLARE matched bigint;",
+                "BEGIN",
+                f"  {sql};",
+                "  GET DIAGNOSTICS matched = ROW_COUNT;",
+                "  IF matched <> 1 THEN",
+                f"    RAISE EXCEPTION 'drift: guard failed at action {action_id}: % row(s) "
+                "matched, expected 1; a row changed since the audit; nothing was applied', "
+                "matched;",
+                "  END IF;",
+                "END",
+                f"{tag};",
+            ]
+        )
+
+    def run_hint(self) -> str:
+        return "psql -X -v ON_ERROR_STOP=1 -d DATABASE -f FILE"
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        conn.execute(
+            sa.text("SELECT set_config('lock_timeout', :v, false)"),
+            {"v": f"{max(1, int(seconds * 1000))}ms"},
+        )
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        self._lock_key = _lock_number(database)
+        return bool(
+            conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}
+            ).scalar_one()
+        )
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
+
+
+class MySQLScript(ScriptDialect):
+    name = "mysql"
+    client = "mariadb"
+
+    def sa_dialect(self) -> sa.engine.Dialect:
+        dialect = mysql.pymysql.dialect(paramstyle="named")
+        dialect.statement_compiler = _MySQLScriptCompiler
+        dialect._backslash_escapes = True  # the prologue makes sure the server agrees
+        return dialect
+
+    def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
+        return _utf8mb4_bytes(column) == _utf8mb4_bytes(value)
+
+    def prologue(self) -> list[str]:
+        # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
+        return [
+            "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '');",
+            "SET NAMES utf8mb4;",
+            *self.history_ddl(),
+        ]
+
+    def begin(self) -> list[str]:
+        return ["START TRANSACTION;", "DELIMITER //"]
+
+    def plain(self, sql: str) -> str:
+        return sql + " //"
+
+    def guarded(self, sql: str, action_id: int) -> str:
+        return "\n".join(
+            [
+                "BEGIN NOT ATOMIC",
+                f"  {sql};",
+                "  IF ROW_COUNT() <> 1 THEN",
+                "    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = "
+                f"'drift: guard failed at action {action_id}: a row changed since the audit; "
+                "nothing was applied';",
+                "  END IF;",
+                "END //",
+            ]
+        )
+
+    def commit(self) -> list[str]:
+        return ["DELIMITER ;", "COMMIT;"]
+
+    def run_hint(self) -> str:
+        return "mariadb --default-character-set=utf8mb4 DATABASE < FILE"
+
+    def apply_connection(self, conn: Connection) -> Connection:
+        # Each statement must see the latest committed rows and events together
+        # (REPEATABLE READ would verify against a snapshot older than the rows).
+        return conn.execution_options(isolation_level="READ COMMITTED")
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        value = max(1, round(seconds))
+        conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = :v"), {"v": value})
+        conn.execute(sa.text("SET SESSION lock_wait_timeout = :v"), {"v": value})
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        self._lock_name = f"drift_apply:{hashlib.sha256(database.encode()).hexdigest()[:40]}"
+        return (
+            conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": self._lock_name}).scalar_one()
+            == 1
+        )
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": self._lock_name})
+
+    def drop_temp(self, conn: Connection, name: str) -> None:
+        # Plain DROP TABLE would commit the transaction implicitly.
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.exec_driver_sql(f"DROP TEMPORARY TABLE {quoted}")
+
+
+class SQLiteScript(ScriptDialect):
+    name = "sqlite"
+    client = "sqlite3"
+
+    def sa_dialect(self) -> sa.engine.Dialect:
+        dialect = sqlite.pysqlite.dialect()
+        dialect.statement_compiler = _SQLiteScriptCompiler
+        return dialect
+
+    def script_user(self) -> ColumnElement:
+        return sa.literal("sqlite3")
+
+    def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
+        return column == sa.collate(value, "BINARY")
+
+    def prologue(self) -> list[str]:
+        return [".bail on", *self.history_ddl()]
+
+    def begin(self) -> list[str]:
+        return ["BEGIN IMMEDIATE;"]
+
+    def guard_setup(self) -> list[str]:
+        # changes() cannot be tested outside a trigger: each guard inserts it into a
+        # temp table whose trigger rolls the transaction back when it is not 1.
+        return [
+            "CREATE TEMP TABLE drift_guard (action INTEGER NOT NULL, matched INTEGER NOT NULL);",
+            "CREATE TEMP TRIGGER drift_guard_check BEFORE INSERT ON drift_guard "
+            f"WHEN NEW.matched <> 1 BEGIN SELECT RAISE(ROLLBACK, '{GUARD_FAILED}'); END;",
+        ]
+
+    def guarded(self, sql: str, action_id: int) -> str:
+        guard = f"INSERT INTO temp.drift_guard (action, matched) VALUES ({action_id}, changes());"
+        return f"{sql};\n{guard}"
+
+    def run_hint(self) -> str:
+        return "sqlite3 DATABASE < FILE"
+
+    def apply_connection(self, conn: Connection) -> Connection:
+        return conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+
+    def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
+        # SQLite has no advisory locks: a lock file beside the database.
+        path = Path(url.database or "drift.sqlite").resolve()
+        self._lock_file = open(f"{path}.drift-apply.lock", "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            return False
+        return True
+
+    def release_apply_lock(self, conn: Connection) -> None:
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
+
+    def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        return FAMILY_TYPES.get(family, sa.String)()
+
+
+_CONTROL = re.compile(r"([\x00-\x08\x0a-\x1f\x7f])")
+
+
+class _SQLiteScriptCompiler(sqlite.base.SQLiteCompiler):
+    """SQLite's compiler, with control characters in text as char(n).
+
+    SQLite strings have no escapes, and the sqlite3 shell drops a carriage
+    return before a line end even inside a literal; char(13) survives.
+    """
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        if not isinstance(value, str) or not _CONTROL.search(value):
+            return super().render_literal_value(value, type_)
+        render = super().render_literal_value
+        parts = [
+            f"char({ord(part)})" if _CONTROL.fullmatch(part) else render(part, type_)
+            for part in _CONTROL.split(value)
+            if part
+        ]
+        return "(" + " || ".join(parts) + ")"
+
+
+_MYSQL_ESCAPES = {"\x00": "\\0", "\n": "\\n", "\r": "\\r", "\x1a": "\\Z"}
+
+
+class _MySQLScriptCompiler(mysql.base.MySQLCompiler):
+    """MySQL's compiler, with line breaks in text as backslash escapes.
+
+    The mariadb client would otherwise see a carriage return before a line end
+    inside a literal as part of the line ending.
+    """
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        text = super().render_literal_value(value, type_)
+        if isinstance(value, str):
+            for raw, escaped in _MYSQL_ESCAPES.items():
+                text = text.replace(raw, escaped)
+        return text
+
+
+_SCRIPT_DIALECTS: dict[str, type[ScriptDialect]] = {
+    cls.name: cls for cls in (PostgresScript, MySQLScript, SQLiteScript)
+}
+_ALIASES = {"postgres": "postgresql", "mariadb": "mysql"}
+
+
+def _lock_number(database: str) -> int:
+    """A stable signed 64-bit advisory lock number for one database."""
+    return int(hashlib.sha256(f"drift-apply:{database}".encode()).hexdigest()[:15], 16)
+
+
+def get_script_dialect(name: str) -> ScriptDialect:
+    """The script dialect for a database name, with "did you mean" on a typo."""
+    key = _ALIASES.get(name, name)
+    try:
+        return _SCRIPT_DIALECTS[key]()
+    except KeyError:
+        raise PlanError(
+            f"no remediation scripts for dialect {name!r}"
+            + did_you_mean(name, [*_SCRIPT_DIALECTS, *_ALIASES])
+        ) from None

@@ -1,0 +1,103 @@
+"""Verify: re-audit just a plan's keys and say which targeted drift remains.
+
+The same diff as the audit (:func:`audit.diff.build_diff` with key filters),
+run either on the apply connection inside the apply transaction (after the
+writes, before commit) or, for ``drift verify``, in a read-only snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from audit.database import create_engine, database_errors, resolve_url
+from audit.dialects import Dialect, get_dialect
+from audit.diff import build_diff, run_diff
+from audit.errors import RefusedError
+from audit.findings import MISMATCH, Finding
+from audit.schema import BoundSpec, bind_spec
+from audit.spec import load_spec
+from remediate.plan import Action, Plan, iter_keys, load_plan, plan_dir, spec_path
+
+CHUNK = 5000  # keys per diff query: stays under every driver's parameter limit
+
+
+def reaudit(
+    conn: Connection,
+    bound: BoundSpec,
+    dialect: Dialect,
+    keys: Mapping[str, Sequence[tuple[Any, ...]]],
+) -> list[Finding]:
+    """Every finding of the given keys, per entity, on this connection."""
+    findings: list[Finding] = []
+    for entity_name, entity_keys in keys.items():
+        entity = bound.entities[entity_name]
+        for start in range(0, len(entity_keys), CHUNK):
+            chunk = list(entity_keys[start : start + CHUNK])
+            findings.extend(run_diff(conn, bound, build_diff(bound, entity, dialect, chunk)))
+    return findings
+
+
+def targeted(findings: Iterable[Finding], actions: Iterable[Action]) -> list[Finding]:
+    """The findings that are the drift one of ``actions`` was meant to remove.
+
+    A mismatch action targets its cell; a row action (insert, delete, manual
+    row) targets every finding of its key.
+    """
+    cells: set[tuple[str, str, str | None]] = set()
+    rows: set[tuple[str, str]] = set()
+    for a in actions:
+        if a.kind == MISMATCH:
+            cells.add((a.entity, a.key, a.column))
+        else:
+            rows.add((a.entity, a.key))
+    return [
+        f
+        for f in findings
+        if (f.entity, f.key_json) in rows
+        or (f.kind == MISMATCH and (f.entity, f.key_json, f.column) in cells)
+    ]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    plan_id: str
+    checked_keys: int
+    remaining: list[Finding]
+
+    @property
+    def clean(self) -> bool:
+        return not self.remaining
+
+
+def verify_plan(plan: str | Path, db: str) -> VerifyResult:
+    """Re-audit the plan's keys in a read-only snapshot; what the plan targeted and remains."""
+    folder = plan_dir(plan)
+    loaded: Plan = load_plan(folder)
+    spec = load_spec(spec_path(folder))
+    if spec.sha256 != loaded.spec_sha256:
+        raise RefusedError("refused: the audit's drift.toml changed since the plan was made")
+    url, _ = resolve_url(db, None)
+    dialect = get_dialect(url.get_backend_name())
+    keys = iter_keys(loaded.actions)
+    engine = create_engine(url)
+    try:
+        with database_errors(url, "verify failed"), engine.connect() as conn:
+            bound = bind_spec(spec, conn)
+            conn.rollback()
+            conn = dialect.open_snapshot(conn)
+            try:
+                findings = reaudit(conn, bound, dialect, keys)
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()
+    return VerifyResult(
+        plan_id=loaded.plan_id,
+        checked_keys=sum(len(k) for k in keys.values()),
+        remaining=targeted(findings, loaded.actions),
+    )
