@@ -438,26 +438,29 @@ def _short(value: Any) -> str:
 
 
 ApplyDb = Annotated[str, typer.Option("--db", help="The target database URL.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Do everything, report, roll back.")]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", help="Commit every N actions (resumable).")
+]
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", help="Seconds to wait for a row lock.")
+]
+Require = Annotated[int, typer.Option("--require", help="Approvers needed.")]
+TargetOverride = Annotated[
+    str | None,
+    typer.Option("--target-override", help="Apply to another target; the reason is logged."),
+]
 
 
 @app.command()
 def apply(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan (or audit) folder.")],
     db: ApplyDb,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Do everything, report, roll back.")
-    ] = False,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Commit every N actions (resumable).")
-    ] = None,
-    lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help="Seconds to wait for a row lock.")
-    ] = 5.0,
-    require: Annotated[int, typer.Option("--require", help="Approvers needed.")] = 1,
-    target_override: Annotated[
-        str | None,
-        typer.Option("--target-override", help="Apply to another target; the reason is logged."),
-    ] = None,
+    dry_run: DryRun = False,
+    batch_size: BatchSize = None,
+    lock_timeout: LockTimeout = 5.0,
+    require: Require = 1,
+    target_override: TargetOverride = None,
 ) -> None:
     """Apply an approved plan: guarded, transactional, verified before commit."""
     from remediate.apply import apply_plan
@@ -486,34 +489,35 @@ def verify(
 
     result = verify_plan(plan_path, db)
     if result.clean:
-        typer.echo(f"verify {result.plan_id}: {result.checked_keys} key(s) clean")
-        raise typer.Exit(0)
-    typer.echo(
-        f"verify {result.plan_id}: {len(result.remaining)} targeted finding(s) remain "
-        f"in {result.checked_keys} key(s)"
-    )
+        typer.echo(
+            f"verify {result.plan_id}: the drift the plan fixed is gone "
+            f"({result.checked_keys} key(s) checked)"
+        )
+    else:
+        typer.echo(
+            f"verify {result.plan_id}: {len(result.remaining)} targeted finding(s) remain "
+            f"in {result.checked_keys} key(s)"
+        )
     for f in result.remaining:
         column = f".{f.column}" if f.column else ""
         typer.echo(f"  {f.entity} {f.key_json}{column}: {f.kind}")
-    raise typer.Exit(1)
+    if result.manual:
+        typer.echo(f"{len(result.manual)} finding(s) left to a person by manual actions:")
+        for f in result.manual:
+            column = f".{f.column}" if f.column else ""
+            typer.echo(f"  {f.entity} {f.key_json}{column}: {f.kind}")
+    raise typer.Exit(0 if result.clean else 1)
 
 
 @app.command()
 def rollback(
     plan_path: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan (or audit) folder.")],
     db: ApplyDb,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report and roll back.")] = False,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Commit every N actions (resumable).")
-    ] = None,
-    lock_timeout: Annotated[
-        float, typer.Option("--lock-timeout", help="Seconds to wait for a row lock.")
-    ] = 5.0,
-    require: Annotated[int, typer.Option("--require", help="Approvers needed.")] = 1,
-    target_override: Annotated[
-        str | None,
-        typer.Option("--target-override", help="Apply to another target; the reason is logged."),
-    ] = None,
+    dry_run: DryRun = False,
+    batch_size: BatchSize = None,
+    lock_timeout: LockTimeout = 5.0,
+    require: Require = 1,
+    target_override: TargetOverride = None,
 ) -> None:
     """Undo an applied plan (needs its own approval: drift approve PLAN --rollback)."""
     from remediate.apply import rollback_plan

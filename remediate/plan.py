@@ -193,7 +193,9 @@ def build_plan(
         plan_id=f"plan-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}",
         created_at=now.isoformat(timespec="seconds"),
         audit=audit_name or audit_dir.resolve().name,
-        spec_sha256=summary["spec"]["sha256"],
+        # The copy in the audit folder (its database password masked) is the spec that
+        # apply and verify load, so it is the one the plan is bound to.
+        spec_sha256=hashlib.sha256((audit_dir / "drift.toml").read_bytes()).hexdigest(),
         fingerprint=fingerprint,
         watermarks=summary.get("watermarks", {}),
         options=options.to_json(),

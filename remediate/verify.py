@@ -8,7 +8,7 @@ writes, before commit) or, for ``drift verify``, in a read-only snapshot.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class VerifyResult:
     plan_id: str
     checked_keys: int
     remaining: list[Finding]
+    manual: list[Finding] = field(default_factory=list)  # left to a person by the plan
 
     @property
     def clean(self) -> bool:
@@ -96,8 +97,12 @@ def verify_plan(plan: str | Path, db: str) -> VerifyResult:
                 conn.rollback()
     finally:
         engine.dispose()
+    # The fix targets what it acted on; manual actions are reported, not held against it.
+    fixed = [a for a in loaded.actions if a.mode != "manual"]
+    manual = [a for a in loaded.actions if a.mode == "manual"]
     return VerifyResult(
         plan_id=loaded.plan_id,
         checked_keys=sum(len(k) for k in keys.values()),
-        remaining=targeted(findings, loaded.actions),
+        remaining=targeted(findings, fixed),
+        manual=targeted(findings, manual),
     )

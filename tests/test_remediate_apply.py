@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit.errors import GuardFailedError, RefusedError
+from drift import demo
 from drift.cli import main
 from remediate.apply import apply_plan
 from remediate.approval import approve
@@ -171,3 +172,39 @@ def test_replan_with_options(sqlite_backend, tmp_path, capsys):
     assert "delta needs a sum or count column" in capsys.readouterr().err
     assert main(["plan", str(audit), "--mode", "inventory.on_hnd=cas"]) == 2
     assert 'did you mean "inventory.on_hand"' in capsys.readouterr().err
+
+
+def test_a_password_in_the_spec_url_never_lands_and_the_flow_still_works(tmp_path, capsys):
+    """The audit folder keeps a masked spec copy; plans are bound to that copy."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import make_backend, require_server
+
+    require_server("postgresql")  # trusts local logins, so any password is accepted
+    gen = make_backend("postgresql", tmp_path)
+    backend = next(gen)
+    try:
+        with backend.engine.begin() as conn:
+            demo.metadata.create_all(conn)
+            demo.build_shop(conn)
+        secret = "Sp3c-Secret-pw"
+        url = make_url(backend.url).set(password=secret).render_as_string(hide_password=False)
+        spec = tmp_path / "drift.toml"
+        spec.write_text(demo.SPEC.replace('url = "sqlite:///shop.db"', f'url = "{url}"'))
+        audit = tmp_path / "audit"
+        assert main(["-q", "audit", "-c", str(spec), "-o", str(audit)]) == 1
+        assert main(["approve", str(audit), "--by", "alice"]) == 0
+        assert main(["-q", "apply", str(audit), "--db", url]) == 0
+        assert main(["verify", str(audit), "--db", url]) == 0
+        out, err = capsys.readouterr()
+        texts = [out, err] + [
+            p.read_bytes().decode("utf-8", "replace") for p in audit.rglob("*") if p.is_file()
+        ]
+        with backend.engine.connect() as conn:
+            for table in ("drift_remediation_log", "drift_remediation_rows"):
+                texts.append(repr(conn.execute(sa.text(f"SELECT * FROM {table}")).all()))
+        assert len(texts) > 8
+        assert all(secret not in text for text in texts)
+        assert "***" in (audit / "drift.toml").read_text()
+    finally:
+        next(gen, None)
