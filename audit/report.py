@@ -626,7 +626,9 @@ def _time_chart(table: pa.Table, attributed: bool) -> tuple[BarChart | None, int
 # --------------------------------------------------------------------------- building
 
 
-def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
+def build_report(
+    folder: str | Path, limit: int = DEFAULT_TOP, folder_name: str | None = None
+) -> Report:
     """Read an audit folder into a :class:`Report` (no HTML yet)."""
     folder = Path(folder)
     summary = read_summary(folder)
@@ -768,7 +770,7 @@ def build_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Report:
         has_evidence=bool(evidence),
         columns_filter=tuple(columns_filter),
         command=mask_text(command) if command else None,
-        folder_name=folder.name,
+        folder_name=folder_name or folder.name,
         script_data={
             "rows": [
                 [
@@ -818,13 +820,17 @@ def render_html(report: Report) -> str:
     )
 
 
-def render_report(folder: str | Path, limit: int = DEFAULT_TOP) -> Path:
+def render_report(
+    folder: str | Path, limit: int = DEFAULT_TOP, folder_name: str | None = None
+) -> Path:
     """Render ``report.html`` into an audit folder and return its path.
 
-    Also writes ``findings.csv`` when the folder has none (older folders).
+    ``folder_name`` is the name the report shows (an audit renders in a staging
+    folder before it is renamed into place). Also writes ``findings.csv`` when
+    the folder has none (older folders).
     """
     folder = Path(folder)
-    report = build_report(folder, limit)
+    report = build_report(folder, limit, folder_name)
     if not (folder / FINDINGS_CSV).is_file():
         write_findings_csv(folder)
     html = render_html(report)

@@ -118,7 +118,7 @@ def run_audit(
             from audit.report import render_report
 
             say("rendering the report")
-            render_report(folder.staging)
+            render_report(folder.staging, folder_name=folder.path.name)
         folder.commit()
     except OSError as err:
         folder.abandon()

@@ -132,6 +132,9 @@ def test_demo_report_findings_table_and_evidence(demo_audit, tmp_path):
     assert [r[3] for r in data["rows"]] == [r[2] for r in rows]
     assert data["total"] == 6
     assert "drift audit -c drift.toml" in doc.by_id("command").text
+    # The folder is named as the user knows it, never as the hidden staging folder.
+    html = (demo_audit / "report.html").read_text(encoding="utf-8")
+    assert ".partial" not in html and "drift report audit" in html
 
 
 def test_report_is_self_contained(demo_audit):
