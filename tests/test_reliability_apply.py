@@ -209,9 +209,8 @@ def test_cas_apply_aborts_cleanly_then_replan_finishes(server_backend, tmp_path,
     others = table_state(backend, "orders")
     hold = InTransaction(backend, FIXED)
     try:
-        with Traffic(backend.url, FIXED + CALM) as traffic:
-            with pytest.raises(GuardFailedError) as info:
-                apply_plan(audit, backend.url, lock_timeout=10, progress=hold)
+        with Traffic(backend.url, FIXED + CALM) as traffic, pytest.raises(GuardFailedError) as info:
+            apply_plan(audit, backend.url, lock_timeout=10, progress=hold)
         totals = traffic.totals()
     finally:
         hold.close()

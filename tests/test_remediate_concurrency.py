@@ -1,4 +1,7 @@
-"""Survive SIGKILL after batch 2 of a batched apply (apply under traffic: test_reliability_apply.py)."""
+"""Survive SIGKILL after batch 2 of a batched apply.
+
+Apply under traffic and random kill points: tests/test_reliability_apply.py.
+"""
 
 from __future__ import annotations
 
