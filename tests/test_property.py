@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -104,6 +105,7 @@ def check(backend, data):
             assert same(json.loads(r["expected"]), naive)
 
 
+@pytest.mark.scenario("property: random corruption is found exactly")
 @settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -112,6 +114,7 @@ def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data):
     check(sqlite_backend, data)
 
 
+@pytest.mark.scenario("property: random corruption is found exactly")
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

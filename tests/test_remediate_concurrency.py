@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 SKUS = ["SKU-003", "SKU-006", "SKU-001", "SKU-002"]  # the two drifted ones first
 
 
+@pytest.mark.scenario("SIGKILL after batch 2 of a batched apply; resume completes")
 def test_sigkill_mid_batch_leaves_whole_batches_and_resumes(backend, tmp_path):
     audit = audited_shop(backend, tmp_path)
     approve(audit, "alice")
