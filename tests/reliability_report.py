@@ -34,6 +34,7 @@ GUARANTEES = {
     ],
     "exact findings (no miss, no false positive)": [
         "racing workers, then audit == ground truth (many seeds)",
+        "racing workers, then audit == ground truth (one seed)",
         "property: random corruption is found exactly",
     ],
     "all-or-nothing apply": [
@@ -147,7 +148,7 @@ def render(records: list[dict], runs: int, workers: int, elapsed: float) -> str:
         f"`{_git('rev-parse', '--short', 'HEAD')}`{dirty} by "
         f"`python tests/reliability_report.py --runs {runs}` "
         f"(DRIFT_RELIABILITY_RUNS={runs}, {workers} pytest worker(s), {elapsed:.0f} s, "
-        "SQLite, PostgreSQL 15 and MariaDB on one 2-core machine).",
+        "SQLite and the local PostgreSQL and MariaDB servers).",
         "",
         f"{len(records)} scenario test(s), {sum(c['runs'] for c in table.values())} run(s), "
         f"{failed} failed. *Runs* counts what a test exercised: seeds, kill points, "

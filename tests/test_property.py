@@ -110,8 +110,9 @@ def check(backend, data):
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=case)
-def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data):
+def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data, scenario_runs):
     check(sqlite_backend, data)
+    scenario_runs.run()
 
 
 @pytest.mark.scenario("property: random corruption is found exactly")
@@ -119,5 +120,6 @@ def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data):
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=case)
-def test_random_corruption_is_found_exactly_on_servers(server_backend, data):
+def test_random_corruption_is_found_exactly_on_servers(server_backend, data, scenario_runs):
     check(server_backend, data)
+    scenario_runs.run()
