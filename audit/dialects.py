@@ -8,7 +8,7 @@ values are compared exactly.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -32,6 +32,10 @@ class Dialect:
     def snapshot_time(self, conn: Connection) -> object:
         """The database's clock at the start of the snapshot."""
         return conn.execute(sa.select(sa.func.current_timestamp())).scalar_one()
+
+    def reflect_listeners(self) -> list[tuple[str, Any]]:
+        """Event listeners for reflecting a table (work-arounds for reflection quirks)."""
+        return []
 
     def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
         """Null-safe 'a and b are not the same value'; exact for text."""
@@ -82,12 +86,21 @@ class MySQLDialect(Dialect):
     def snapshot_time(self, conn: Connection) -> object:
         return conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
 
+    def reflect_listeners(self) -> list[tuple[str, Any]]:
+        # SQLAlchemy's MySQL reflection parses SHOW CREATE TABLE and keeps a backtick
+        # inside a column name doubled (`a``b` reflects as "a``b"): undouble it.
+        return [("column_reflect", _unescape_column_name)]
+
     def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
         if text:
             # MySQL's default collations ignore case and trailing spaces; bytes of
             # the utf8mb4 text are what "exact" means.
             a, b = _mysql_bytes(a), _mysql_bytes(b)
         return sa.not_(a.op("<=>", is_comparison=True)(b))
+
+
+def _unescape_column_name(inspector: Any, table: sa.Table, column_info: dict) -> None:
+    column_info["name"] = column_info["name"].replace("``", "`")
 
 
 def _mysql_bytes(expr: ColumnElement) -> ColumnElement:

@@ -323,7 +323,8 @@ def _reflect(
     schema: str | None,
 ) -> sa.Table:
     try:
-        return sa.Table(name, metadata, autoload_with=conn, schema=schema)
+        listeners = get_dialect(conn.dialect.name).reflect_listeners()
+        return sa.Table(name, metadata, autoload_with=conn, schema=schema, listeners=listeners)
     except exc.NoSuchTableError:
         try:
             names = inspector.get_table_names(schema=schema) + inspector.get_view_names(

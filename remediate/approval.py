@@ -10,6 +10,7 @@ to the folder is not enough to forge one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audit.errors import PlanError, RefusedError
-from remediate.plan import APPROVALS, load_plan, plan_dir, plan_sha256
+from audit.errors import OutputError, PlanError, RefusedError
+from remediate.plan import APPROVALS, load_checked_plan, plan_dir, plan_sha256
 
 KEY_ENV = "DRIFT_APPROVAL_KEY"
 PURPOSES = ("fix", "rollback")
@@ -81,7 +82,7 @@ def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "
     if purpose not in PURPOSES:
         raise PlanError(f"unknown approval purpose {purpose!r}")
     folder = plan_dir(plan)
-    load_plan(folder)  # a malformed plan cannot be approved
+    load_checked_plan(folder)  # a malformed or inconsistent plan cannot be approved
     approval = Approval(
         by=by.strip(),
         at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -100,8 +101,13 @@ def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "
         raise PlanError(f"{approval.by} has already approved this plan for {purpose}")
     data = {"approvals": [a.to_json() for a in [*existing, approval]]}
     tmp = folder / f".{APPROVALS}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / APPROVALS)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, folder / APPROVALS)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {folder / APPROVALS}: {exc.strerror}") from None
     return approval
 
 

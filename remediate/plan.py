@@ -193,9 +193,7 @@ def build_plan(
         plan_id=f"plan-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}",
         created_at=now.isoformat(timespec="seconds"),
         audit=audit_name or audit_dir.resolve().name,
-        # The copy in the audit folder (its database password masked) is the spec that
-        # apply and verify load, so it is the one the plan is bound to.
-        spec_sha256=hashlib.sha256((audit_dir / "drift.toml").read_bytes()).hexdigest(),
+        spec_sha256=_copy_sha256(audit_dir, summary),
         fingerprint=fingerprint,
         watermarks=summary.get("watermarks", {}),
         options=options.to_json(),
@@ -205,6 +203,19 @@ def build_plan(
         },
         actions=tuple(actions),
     )
+
+
+def _copy_sha256(audit_dir: Path, summary: Mapping[str, Any]) -> str:
+    """SHA-256 of the audit folder's spec copy, the file apply and verify load.
+
+    The copy has passwords masked, so it differs from the audited spec whenever
+    the spec's URL holds one; the summary's hash is only a fallback.
+    """
+    try:
+        text = (audit_dir / SPEC_COPY).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return str(summary["spec"]["sha256"])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _check_modes(options: PlanOptions, entities: Mapping[str, Any]) -> None:
@@ -470,6 +481,7 @@ def write_plan(audit_dir: str | Path, plan: Plan) -> Path:
     """Write plan/ atomically (replacing an older plan and its approvals)."""
     audit_dir = Path(audit_dir)
     final = audit_dir / PLAN_DIR
+    staging: Path | None = None
     try:
         staging = Path(tempfile.mkdtemp(prefix=".plan.", suffix=".partial", dir=audit_dir))
         (staging / PLAN_JSON).write_text(plan_json(plan), encoding="utf-8")
@@ -481,6 +493,8 @@ def write_plan(audit_dir: str | Path, plan: Plan) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         os.replace(staging, final)
     except OSError as exc:
+        if staging is not None:  # a half-written plan never stays behind
+            shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot write the plan in {audit_dir}: {exc.strerror}") from None
     return final
 
@@ -536,6 +550,34 @@ def load_plan(path: str | Path) -> Plan:
         )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise PlanError(f"{folder / PLAN_JSON} is not a valid plan: {exc}") from None
+
+
+def load_checked_plan(path: str | Path) -> Plan:
+    """plan.json, after checking fix.sql and rollback.sql are exactly its renderings.
+
+    A truncated, emptied or edited script (or a plan.json whose actions no longer
+    render to the scripts) is refused: what a person reviews and approves is
+    what ``drift apply`` runs.
+    """
+    folder = plan_dir(path)
+    plan = load_plan(folder)
+    for name, operation in ((FIX_SQL, "fix"), (ROLLBACK_SQL, "rollback")):
+        try:
+            text = (folder / name).read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise PlanError(f"{folder} is incomplete: {name} is missing") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{folder / name} is unreadable: {exc}") from None
+        try:
+            rendered = render_script(plan, operation)
+        except (KeyError, TypeError, ValueError, IndexError, PlanError) as exc:
+            raise PlanError(f"{folder / PLAN_JSON} is not a valid plan: {exc!r}") from None
+        if text != rendered:
+            raise PlanError(
+                f"{folder / name} does not match plan.json (truncated or edited); "
+                f"re-plan with: drift plan {folder.parent}"
+            )
+    return plan
 
 
 def plan_sha256(path: str | Path) -> str:

@@ -162,3 +162,33 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
 def make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
     """For tests that pick their engines themselves (a generator: use with next())."""
     return _make_backend(name, tmp_path)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@pytest.fixture
+def scenario_runs(request: pytest.FixtureRequest):
+    """Count the runs of a reliability scenario (see tests/reliability.py)."""
+    from tests.reliability import RUNS_KEY, ScenarioRuns
+
+    runs = ScenarioRuns()
+    request.node.stash[RUNS_KEY] = runs
+    return runs
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    from tests.reliability import record
+
+    report = (yield).get_result()
+    outcomes = item.stash.setdefault(_OUTCOMES, [])
+    outcomes.append("skipped" if report.skipped else report.outcome)
+    if report.when == "teardown":
+        final = (
+            "failed" if "failed" in outcomes else "skipped" if "skipped" in outcomes else "passed"
+        )
+        record(item, final)
+
+
+_OUTCOMES = pytest.StashKey[list]()

@@ -78,6 +78,7 @@ def test_audit_reads_the_url_from_db_option_over_env_over_spec(
     assert code == 1
 
 
+@pytest.mark.scenario("CLI errors: one line, exit 2, nothing written", engine="sqlite")
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -130,6 +131,9 @@ def test_existing_output_folder_is_refused(capsys, demo_db, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.scenario(
+    "password in the URL never reaches audit output", engine="postgresql (unreachable)"
+)
 def test_unreachable_server_and_password_never_shown(capsys, demo_db, tmp_path):
     secret = "Sup3r-S3cret"
     code, out, err = run(
@@ -186,6 +190,7 @@ def test_console_script_is_installed(tmp_path):
     assert "drift: 6 finding(s) in 5 drifted row(s)" in proc.stdout
 
 
+@pytest.mark.scenario("password in the URL never reaches audit output")
 @pytest.mark.parametrize("server", ["postgresql", "mysql"])
 def test_passwords_never_reach_any_output_file(capsys, tmp_path, server):
     """A real login with a password: stdout, stderr and every file drift writes are scanned."""
@@ -249,6 +254,7 @@ def test_passwords_never_reach_any_output_file(capsys, tmp_path, server):
         admin.dispose()
 
 
+@pytest.mark.scenario("read-only audit: the database is unchanged")
 def test_audit_never_writes_to_the_database(backend, tmp_path):
     """The audited database is byte-for-byte (SQLite) or row-for-row unchanged."""
     load(backend, [{"k1": "a", "k2": 1, "v": 2}], [{"k1": "a", "k2": 1, "total": 5}])

@@ -24,6 +24,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.scenario("disk full during an audit: no audit folder, one-line error", engine="sqlite")
 def test_disk_full_leaves_no_audit_folder(tmp_path, capsys):
     shop = build_demo(tmp_path / "shop")
     disk = tmp_path / "disk"
@@ -47,6 +48,7 @@ def test_disk_full_leaves_no_audit_folder(tmp_path, capsys):
             subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.scenario("unwritable audit output: one-line error, exit 2", engine="sqlite")
 def test_output_folder_that_cannot_exist(tmp_path, capsys):
     shop = build_demo(tmp_path / "shop")
     (tmp_path / "afile").write_text("x")
@@ -55,6 +57,7 @@ def test_output_folder_that_cannot_exist(tmp_path, capsys):
     assert code == 2 and err.startswith("drift: cannot write the audit folder in ")
 
 
+@pytest.mark.scenario("damaged audit folder: refused with one line", engine="sqlite")
 @pytest.mark.parametrize(
     "damage", ["truncate-summary", "drop-findings", "truncate-findings", "foreign-summary"]
 )
@@ -112,6 +115,7 @@ def _kill_audit_connections(backend, application_name: str) -> int:
         admin.dispose()
 
 
+@pytest.mark.scenario("connection dropped mid-audit: one-line error, nothing written, retry works")
 def test_connection_dropped_mid_audit(server_backend, tmp_path):
     with server_backend.engine.begin() as conn:
         demo.metadata.create_all(conn)
@@ -143,6 +147,7 @@ def test_connection_dropped_mid_audit(server_backend, tmp_path):
     assert retry.finding_count == 6  # 5 drifted rows and the demo's unannounced event
 
 
+@pytest.mark.scenario("bad data: text summed as numbers is a data error")
 def test_text_summed_as_numbers_is_a_data_error_on_sqlite(sqlite_backend, tmp_path):
     # SQLite would read 'abc' as 0 and report a wrong expected value: refuse instead.
     load(sqlite_backend, [{"k1": "a", "k2": 1, "v": 5}], [{"k1": "a", "k2": 1, "total": 5}])
@@ -157,6 +162,7 @@ def test_text_summed_as_numbers_is_a_data_error_on_sqlite(sqlite_backend, tmp_pa
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.scenario("bad data: timestamps with and without time zones")
 def test_timestamps_with_and_without_time_zones(server_backend, tmp_path):
     """A last fold over timestamps: exact comparison, ISO text in the findings."""
     md = sa.MetaData()

@@ -123,6 +123,7 @@ def test_missing_and_orphan_rows(backend, tmp_path):
     }
 
 
+@pytest.mark.scenario("bad data: duplicate keys reported, never picked")
 def test_duplicate_keys_are_reported_never_picked(backend, tmp_path):
     # No primary key: (a,1) appears twice (one copy is even correct); (a,2) once, correct.
     rows = [CLEAN[0], corrupt(CLEAN, A1, total=99)[0], CLEAN[1]]
@@ -259,6 +260,7 @@ def test_ties_in_order_by_are_a_spec_error_for_first_and_last(backend, tmp_path)
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.scenario("bad data: NULL keys reported per table")
 def test_null_keys_are_reported_per_table(backend, tmp_path):
     events = [*EVENTS, {"k1": None, "k2": 1, "v": 4}, {"k1": None, "k2": None, "v": 4}]
     load(backend, events, CLEAN)
@@ -322,6 +324,7 @@ value = "label"
     assert brief(found) == {(("c", 9), "last_s", "mismatch", "new", "old")}
 
 
+@pytest.mark.scenario("bad data: decimals and huge numbers exact")
 def test_decimals_and_huge_numbers_are_exact(backend, tmp_path):
     import sqlalchemy as sa
 

@@ -8,6 +8,7 @@ audit must report the same findings, with the same deltas, every time.
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 
 from audit import parse_spec, run_audit
 from drift import demo
@@ -23,6 +24,7 @@ def findings(backend, tmp_path, name):
     return {(r["entity"], r["key"], r["column"], r["kind"], r["delta"]) for r in rows}, result
 
 
+@pytest.mark.scenario("snapshot consistency: 20 audits under traffic == the prior drift")
 def test_audits_during_traffic_report_exactly_the_prior_drift(server_backend, tmp_path):
     with server_backend.engine.begin() as conn:
         demo.metadata.create_all(conn)

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -104,17 +105,21 @@ def check(backend, data):
             assert same(json.loads(r["expected"]), naive)
 
 
+@pytest.mark.scenario("property: random corruption is found exactly")
 @settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=case)
-def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data):
+def test_random_corruption_is_found_exactly_sqlite(sqlite_backend, data, scenario_runs):
     check(sqlite_backend, data)
+    scenario_runs.run()
 
 
+@pytest.mark.scenario("property: random corruption is found exactly")
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=case)
-def test_random_corruption_is_found_exactly_on_servers(server_backend, data):
+def test_random_corruption_is_found_exactly_on_servers(server_backend, data, scenario_runs):
     check(server_backend, data)
+    scenario_runs.run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from audit import parse_spec, run_audit
 from drift import demo
@@ -47,6 +48,7 @@ def canonical(rows):
     return {row(r) for r in rows}
 
 
+@pytest.mark.scenario("racing workers, then audit == ground truth (one seed)")
 def test_racing_workers_then_audit_equals_ground_truth(backend, tmp_path):
     with backend.engine.begin() as conn:
         demo.metadata.create_all(conn)
@@ -61,6 +63,7 @@ def test_racing_workers_then_audit_equals_ground_truth(backend, tmp_path):
     assert hot & {json.dumps([s]) for s in HOT_SKUS}
 
 
+@pytest.mark.scenario("racing workers, then audits under correct traffic == ground truth")
 def test_racing_workers_then_audit_under_correct_traffic(server_backend, tmp_path):
     """The same, while correct workers keep writing during the audit (deltas are stable)."""
     with server_backend.engine.begin() as conn:

@@ -42,6 +42,7 @@ def test_four_commands_fix_the_shop(backend, tmp_path, capsys):
         assert json.loads(by_id[action_id]["after_value"]) == action["after"]
 
 
+@pytest.mark.scenario("dry run changes nothing")
 def test_dry_run_reports_and_changes_nothing(backend, tmp_path):
     audit = audited_shop(backend, tmp_path)
     backend.execute("UPDATE orders SET status = 'cancelled' WHERE order_id = 1004")
@@ -53,6 +54,7 @@ def test_dry_run_reports_and_changes_nothing(backend, tmp_path):
     assert "cancelled" in result.guard_failures[0]["reason"]
 
 
+@pytest.mark.scenario("all-or-nothing apply: a missed guard changes nothing")
 def test_a_missed_guard_aborts_the_whole_apply(backend, tmp_path):
     audit = audited_shop(backend, tmp_path)
     approve(audit, "alice")
@@ -63,6 +65,7 @@ def test_a_missed_guard_aborts_the_whole_apply(backend, tmp_path):
     assert table_state(backend, "inventory", "orders", "drift_remediation_log") == before
 
 
+@pytest.mark.scenario("apply refusals (approval, tampering, HMAC, target, rollback)")
 def test_refusals(sqlite_backend, tmp_path, capsys, monkeypatch):
     backend = sqlite_backend
     audit = audited_shop(backend, tmp_path)
@@ -133,6 +136,7 @@ def test_target_override_is_logged(sqlite_backend, tmp_path):
     engine.dispose()
 
 
+@pytest.mark.scenario("rollback restores the state exactly")
 def test_rollback_needs_its_own_approval_and_restores(backend, tmp_path):
     audit = audited_shop(backend, tmp_path)
     original = table_state(backend, "inventory", "orders")

@@ -8,6 +8,7 @@ rollback.sql and drift apply must each land exactly on the expected rows.
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from audit import parse_spec, run_audit
@@ -98,6 +99,7 @@ def _accounts(backend) -> dict[str, tuple]:
         return {r.name: (r.balance, r.note) for r in conn.execute(sa.select(accounts))}
 
 
+@pytest.mark.scenario("SQL metacharacters in keys and values: scripts, apply, rollback")
 def test_hostile_keys_round_trip(backend, tmp_path):
     _build(backend)
     spec = parse_spec(SPEC + f'\n[database]\nurl = "{backend.url}"\n'.replace("\\", "\\\\"))

@@ -95,6 +95,7 @@ BROKEN = [
 ]
 
 
+@pytest.mark.scenario("broken spec corpus: one-line error naming section and key")
 @pytest.mark.parametrize(("text", "message"), BROKEN)
 def test_broken_specs_are_one_line_errors(text, message):
     with pytest.raises(SpecError, match=message) as info:
@@ -137,6 +138,7 @@ SCHEMA_ERRORS = [
 TOTAL = '\n[entities.ent.columns.total]\nstream = "ev"\nfold = "sum"\nvalue = "v"\n'
 
 
+@pytest.mark.scenario("spec errors found against the schema: one-line error")
 @pytest.mark.parametrize(("old", "new", "message"), SCHEMA_ERRORS)
 def test_spec_errors_found_against_the_schema(backend, tmp_path, old, new, message):
     load(backend, [], [])
