@@ -102,7 +102,10 @@ def apply_plan(
     engine = create_engine(url)
     try:
         with database_errors(url, "cannot connect"):
-            conn = script.apply_connection(engine.connect())
+            conn = engine.connect()
+            # Before anything else: every wait for a lock, from here on, is bounded.
+            script.set_lock_timeout(conn, lock_timeout)
+            conn.commit()
         try:
             run = _Run(
                 plan=loaded,
@@ -119,8 +122,10 @@ def apply_plan(
                 run.bound = bind_spec(spec, conn)
                 conn.rollback()
                 run.check_target(target_override)
-                script.set_lock_timeout(conn, lock_timeout)
-                conn.commit()
+            # Only now do transactions take the write lock up front (SQLite's BEGIN
+            # IMMEDIATE): reading the schema must not wait for writers.
+            conn.rollback()
+            run.conn = conn = script.apply_connection(conn)
             return run.execute(batch_size, target_override)
         finally:
             conn.close()
@@ -189,6 +194,16 @@ class _Run:
                 fix_entry = history.entry(conn, self.plan.plan_id, FIX)
                 conn.rollback()
             self._refuse_done(entry, fix_entry)
+            if entry is not None and entry.get("batch_size") and batch_size is None:
+                # A batched apply that stopped part-way: resume it as it was started.
+                batch_size = int(entry["batch_size"])
+                if self.dry_run:
+                    raise RefusedError(
+                        f"refused: plan {self.plan.plan_id} is part-way through a batched "
+                        f"{self.operation}; resume it (--batch-size {batch_size}) instead of a "
+                        "dry run"
+                    )
+                self.say(f"resuming the batched {self.operation} with --batch-size {batch_size}")
             result = ApplyResult(
                 plan_id=self.plan.plan_id,
                 operation=self.operation,
@@ -513,7 +528,12 @@ class _Run:
             for action, _step in members:
                 if action.id in ok_ids:
                     changes.append(_change(action, ok_ids[action.id], after[action.id]))
-        finally:
+        except BaseException:
+            # The transaction is failing and will be rolled back (PostgreSQL drops the temp
+            # table with it): dropping it now would only hide the real error behind
+            # "current transaction is aborted".
+            raise
+        else:
             script.drop_temp(conn, name)
 
 

@@ -383,7 +383,11 @@ class SQLiteScript(ScriptDialect):
         return conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+        # On the driver's connection: through SQLAlchemy the PRAGMA would first BEGIN
+        # IMMEDIATE, and so wait for the very lock whose timeout it sets.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
 
     def try_apply_lock(self, conn: Connection, url: URL, database: str) -> bool:
         # SQLite has no advisory locks: a lock file beside the database.

@@ -55,8 +55,11 @@ def test_sigkill_mid_batch_leaves_whole_batches_and_resumes(backend, tmp_path):
     remaining = findings(spec, backend, tmp_path, "killed")
     assert remaining == {f for f in before if f[1] not in ('["SKU-003"]', '["SKU-006"]')}
 
-    second = subprocess.run(command, capture_output=True, timeout=120)
+    # Resumed without repeating --batch-size: the plan's recorded batch size is used.
+    resume = [c for c in command if c not in ("--batch-size", "1")]
+    second = subprocess.run(resume, capture_output=True, timeout=120)
     assert second.returncode == 0, second.stderr.decode()
+    assert b"resuming the batched fix with --batch-size 1" in second.stderr
     assert b"resuming: 2 of 5 batch(es) already committed" in second.stderr
     assert findings(spec, backend, tmp_path, "after") == set()
     with backend.engine.connect() as conn:
