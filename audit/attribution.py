@@ -208,9 +208,10 @@ def classify_numeric(
     doubled = None
     if retries and effects is not None:
         for prev, retry in retries:
-            for r in (prev, retry):
-                if r is None:
+            for maybe in (prev, retry):
+                if maybe is None:
                     continue
+                r = maybe
                 effect = effects.get(str(r.id), Decimal(0))
                 if effect != 0 and equal(effect, drift):
                     doubled = (prev, retry, r, effect)
@@ -512,7 +513,9 @@ def fetch_stream_rows(
     n = len(stream.key)
     cols: list[ColumnElement] = [k.label(f"k{i}") for i, k in enumerate(stream.key)]
     cols += [o.label(f"o{i}") for i, o in enumerate(stream.order_by)]
-    cols.append((_contribution(column) if not value else column.value).label("v"))
+    contribution = _contribution(column) if not value else column.value
+    assert contribution is not None
+    cols.append(contribution.label("v"))
     cols.append((stream.time if stream.time is not None else sa.null()).label("t"))
     cols.append((stream.run_id if stream.run_id is not None else sa.null()).label("r"))
     query = (
@@ -702,6 +705,7 @@ def _attribute_batch(
     effects: dict[str, dict[Key, dict[str, Decimal]]] = {}
     exact: dict[str, bool] = {}
     history: dict[str, dict[Key, list[dict[str, Any]]]] = {}
+    column: BoundColumn | None
     for name, col_keys in by_column.items():
         column = columns[name]
         stream = bound.streams[column.spec.stream]

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -86,7 +87,7 @@ def mask_url(url: URL | str) -> str:
         try:
             url = make_url(url)
         except (exc.ArgumentError, ValueError):
-            return mask_text(url)
+            return mask_text(str(url))
     return url.render_as_string(hide_password=True)
 
 
@@ -170,7 +171,7 @@ def describe_db_error(err: exc.DBAPIError) -> str:
     orig = err.orig if err.orig is not None else err
     text = str(orig).strip() or type(orig).__name__
     # PyMySQL reports (code, 'message').
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
         text = args[1]
     first = text.splitlines()[0] if text else text

@@ -210,7 +210,7 @@ class FindingsWriter:
         self.abs_delta: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
         self.by_cause: Counter[str] = Counter()
         self.by_job: dict[str, Counter[str]] = defaultdict(Counter)
-        self.job_delta: Counter[str] = Counter()
+        self.job_delta: dict[str, float] = defaultdict(float)
 
     def add(self, finding: Finding) -> None:
         key = finding.key_json

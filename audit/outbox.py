@@ -126,7 +126,7 @@ def _messages(outbox: BoundOutbox) -> ColumnElement:
 def unannounced_events(
     conn: Connection, outbox: BoundOutbox, stream: BoundStream
 ) -> Iterator[Finding]:
-    announced = (
+    announced: sa.Select[Any] = (
         sa.select(sa.literal_column("1"))
         .select_from(outbox.table)
         .where(_announces(outbox, stream), _messages(outbox))
@@ -209,7 +209,7 @@ def duplicate_announcements(
 def orphan_messages(
     conn: Connection, outbox: BoundOutbox, stream: BoundStream
 ) -> Iterator[Finding]:
-    exists = (
+    exists: sa.Select[Any] = (
         sa.select(sa.literal_column("1"))
         .select_from(stream.table)
         .where(_announces(outbox, stream))

@@ -53,7 +53,10 @@ def _procrastinate(conn: Connection, job_log: Any, reflect: Reflect) -> Source:
     events = reflect(at, "procrastinate_events", job_log.schema)
     ends = ("deferred_for_retry", "failed", "succeeded", "aborted", "cancelled")
     event_type = sa.cast(events.c.type, sa.String)
-    window = {"partition_by": events.c.job_id, "order_by": (events.c.at, events.c.id)}
+    window: dict[str, Any] = {
+        "partition_by": events.c.job_id,
+        "order_by": (events.c.at, events.c.id),
+    }
     ev = (
         sa.select(
             events.c.job_id,

@@ -462,7 +462,7 @@ def _parse_job_log(name: str, raw: dict[str, Any], entities: dict[str, Entity]) 
     entity = _entity_ref(raw, where, entities)
     key = _ref_list(raw, "key", where)
     _check_arity(key, entity, where)
-    default_failed = DEFAULT_FAILED_STATUSES
+    default_failed: tuple[str, ...] = DEFAULT_FAILED_STATUSES
     if preset is not None:
         default_failed = PRESETS[preset].failed
     failed = raw.get("failed", list(default_failed))

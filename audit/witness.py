@@ -72,7 +72,7 @@ def _disagreements(
     labels = key_labels(len(entity.key))
     own = folds.aggregates[column.spec.stream]
     other = folds.aggregates[witness.spec.stream]
-    joined = own
+    joined: sa.FromClause = own
     if other is not own:
         joined = joined.join(other, sa.and_(*(own.c[lbl] == other.c[lbl] for lbl in labels)))
 

@@ -23,6 +23,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -209,7 +210,7 @@ class Shop:
                 started_at=self.clock.tick(),
             )
         )
-        return int(result.inserted_primary_key[0])
+        return _new_id(result)
 
     def finish_run(self, run_id: int, status: str = "succeeded") -> None:
         self.conn.execute(
@@ -252,7 +253,7 @@ class Shop:
         ):
             return None
         at = self.clock.tick()
-        event_id = int(
+        event_id = _new_id(
             self.conn.execute(
                 stock_events.insert().values(
                     sku=sku,
@@ -262,7 +263,7 @@ class Shop:
                     idempotency_key=idempotency_key,
                     created_at=at,
                 )
-            ).inserted_primary_key[0]
+            )
         )
         if announce:
             self.conn.execute(
@@ -303,6 +304,13 @@ class Shop:
 
 
 Job = Iterator[None]
+
+
+def _new_id(result: sa.CursorResult[Any]) -> int:
+    """The primary key an INSERT generated."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def ship_stock(shop: Shop, worker: str, sku: str, qty: int) -> Job:

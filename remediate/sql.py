@@ -101,6 +101,7 @@ def step_statement(
     """The Core statement of a step; it changes exactly one row when its guard holds."""
     where_key = key_match(table, key_names, step.key)
     if step.op == "delta":
+        assert step.column is not None, "a delta step names its column"
         column = table.c[step.column]
         return (
             table.update()
@@ -108,6 +109,7 @@ def step_statement(
             .values({column.name: column + _literal(column, step.value)})
         )
     if step.op == "cas":
+        assert step.column is not None, "a cas step names its column"
         column = table.c[step.column]
         return (
             table.update()
@@ -144,10 +146,11 @@ class ScriptDialect:
     def sa_dialect(self) -> sa.engine.Dialect:
         raise NotImplementedError
 
-    def compile(self, statement: sa.Executable | sa.schema.ExecutableDDLElement) -> str:
+    def compile(self, statement: sa.ClauseElement | sa.Executable) -> str:
         """The statement as text with every value rendered as a literal."""
         if self._compiling_dialect is None:
             self._compiling_dialect = self.sa_dialect()
+        assert isinstance(statement, sa.ClauseElement)
         compiled = statement.compile(
             dialect=self._compiling_dialect, compile_kwargs={"literal_binds": True}
         )
@@ -275,7 +278,7 @@ class MySQLScript(ScriptDialect):
 
     def sa_dialect(self) -> sa.engine.Dialect:
         dialect = mysql.pymysql.dialect(paramstyle="named")
-        dialect.statement_compiler = _MySQLScriptCompiler
+        dialect.statement_compiler = _MySQLScriptCompiler  # type: ignore[assignment]
         dialect._backslash_escapes = True  # the prologue makes sure the server agrees
         return dialect
 

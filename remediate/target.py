@@ -132,9 +132,9 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
     wanted: dict[str, list[str]] = {}
     findings = folder / "findings.parquet"
     if findings.is_file():
-        for row in read_findings(findings):
-            if row["kind"] == ORPHAN_ROW:
-                wanted.setdefault(row["entity"], []).append(row["key"])
+        for finding in read_findings(findings):
+            if finding["kind"] == ORPHAN_ROW:
+                wanted.setdefault(finding["entity"], []).append(finding["key"])
     for name, keys in wanted.items():
         entity = bound.entities[name]
         if entity.key_columns is None:
