@@ -8,6 +8,7 @@ values are compared exactly.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import ClassVar
 
 import sqlalchemy as sa
@@ -24,6 +25,9 @@ class Dialect:
 
     name: ClassVar[str] = ""
     snapshot_isolation: ClassVar[str] = ""
+    #: The diff FULL OUTER JOINs the sides instead of left-joining them to a
+    #: UNION of their keys, which computes every aggregate twice.
+    full_outer_join: ClassVar[bool] = False
 
     def open_snapshot(self, conn: Connection) -> Connection:
         """Start a read-only transaction that sees one consistent snapshot."""
@@ -41,6 +45,7 @@ class Dialect:
 class PostgresDialect(Dialect):
     name = "postgresql"
     snapshot_isolation = "REPEATABLE READ, READ ONLY"
+    full_outer_join = True
 
     def open_snapshot(self, conn: Connection) -> Connection:
         conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
@@ -94,6 +99,7 @@ def _compile_utf8mb4_bytes(element, compiler, **kw):  # type: ignore[no-untyped-
 class SQLiteDialect(Dialect):
     name = "sqlite"
     snapshot_isolation = "one read transaction (query_only)"
+    full_outer_join = sqlite3.sqlite_version_info >= (3, 39, 0)
 
     def open_snapshot(self, conn: Connection) -> Connection:
         conn.begin()  # emits BEGIN (see audit.database)

@@ -80,7 +80,7 @@ def _aggregate(
     selected.append(sa.func.count().label("n"))
     if stream.time is not None:
         selected.append(sa.func.max(stream.time).label("t"))
-    if first_last:
+    if first_last and not stream.order_is_not_null:
         nulls = sa.or_(*(o.is_(None) for o in stream.order_by))
         selected.append(sa.func.sum(sa.case((nulls, 1), else_=0)).label("null_order"))
     query = sa.select(*selected).select_from(stream.table).group_by(*stream.key)
@@ -92,7 +92,11 @@ def _aggregate(
 def _window(
     stream: BoundStream, index: int, column: BoundColumn, only_keys: KeyFilter | None
 ) -> Subquery:
-    """The first or last contributing row per key, with a tie flag."""
+    """The first or last contributing row per key, with a tie flag.
+
+    The tie flag (a ``lead()`` over the same window) is left out when a unique
+    constraint within ``order_by`` already rules ties out.
+    """
     labels = key_labels(len(stream.key))
     descending = column.spec.fold == "last"
     order = [o.desc() if descending else o.asc() for o in stream.order_by]
@@ -100,22 +104,23 @@ def _window(
     inner_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
     inner_cols.append(column.value.label("v"))
     inner_cols.append(sa.func.row_number().over(**window).label("rn"))
-    for i, o in enumerate(stream.order_by):
-        inner_cols.append(o.label(f"o{i}"))
-        inner_cols.append(sa.func.lead(o).over(**window).label(f"next{i}"))
+    check_ties = not stream.order_is_unique
+    if check_ties:
+        for i, o in enumerate(stream.order_by):
+            inner_cols.append(o.label(f"o{i}"))
+            inner_cols.append(sa.func.lead(o).over(**window).label(f"next{i}"))
     inner = sa.select(*inner_cols).select_from(stream.table)
     if column.where is not None:
         inner = inner.where(column.where)
     if only_keys is not None:
         inner = inner.where(key_filter_clause(stream.key, only_keys))
     sub = inner.subquery(f"win{index}")
-    tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
-    outer = sa.select(
-        *(sub.c[lbl] for lbl in labels),
-        sub.c.v,
-        sa.case((tie, 1), else_=0).label("tie"),
-        sa.literal_column("1").label("hit"),
-    ).where(sub.c.rn == 1)
+    outer_cols = [*(sub.c[lbl] for lbl in labels), sub.c.v]
+    if check_ties:
+        tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
+        outer_cols.append(sa.case((tie, 1), else_=0).label("tie"))
+    outer_cols.append(sa.literal_column("1").label("hit"))
+    outer = sa.select(*outer_cols).where(sub.c.rn == 1)
     return outer.subquery(f"fl{index}")
 
 
@@ -132,14 +137,14 @@ def build_folds(bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | No
         folds.aggregates[stream_name] = _aggregate(
             stream, aggregated, has_first_last, only_keys, f"agg{position}"
         )
-        if has_first_last:
+        if has_first_last and not stream.order_is_not_null:
             folds.null_order_flags[stream_name] = folds.aggregates[stream_name].c.null_order
         for index, column in columns:
             if column.spec.fold in ("first", "last"):
                 folds.windows[index] = _window(stream, index, column, only_keys)
     for index, column in enumerate(entity.columns):
         folds.expected.append(_expected(folds, index, column))
-        if index in folds.windows:
+        if index in folds.windows and "tie" in folds.windows[index].c:
             folds.tie_flags[index] = folds.windows[index].c.tie
     return folds
 

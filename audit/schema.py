@@ -34,6 +34,10 @@ class BoundStream:
     key: tuple[ColumnElement, ...]
     order_by: tuple[ColumnElement, ...]
     time: ColumnElement | None
+    #: A primary key or unique constraint lies within order_by: no two rows tie.
+    order_is_unique: bool = False
+    #: Every order_by entry is a NOT NULL column: no row has a NULL order.
+    order_is_not_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,14 +81,17 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     streams: dict[str, BoundStream] = {}
     for stream in spec.streams.values():
         table = reflect(f"{stream.section}.table", stream.table, stream.schema)
+        order_by = tuple(_resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by)
+        order_columns = tuple(o for o in order_by if isinstance(o, sa.Column))
         streams[stream.name] = BoundStream(
             spec=stream,
             table=table,
             key=tuple(_resolve(table, k, f"{stream.section}.key") for k in stream.key),
-            order_by=tuple(
-                _resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by
-            ),
+            order_by=order_by,
             time=_resolve(table, stream.time, f"{stream.section}.time") if stream.time else None,
+            order_is_unique=bool(order_columns) and _is_unique(inspector, table, order_columns),
+            order_is_not_null=len(order_columns) == len(order_by)
+            and not any(c.nullable for c in order_columns),
         )
 
     entities: dict[str, BoundEntity] = {}

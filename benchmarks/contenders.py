@@ -58,7 +58,9 @@ def lower_bound_queries(backend: str) -> list[str]:
                 f"WHERE {no_expected}"
             )
         else:
-            queries.append(f"SELECT {cols} FROM {expected} FULL OUTER JOIN {current} ON {on} WHERE {where}")
+            queries.append(
+                f"SELECT {cols} FROM {expected} FULL OUTER JOIN {current} ON {on} WHERE {where}"
+            )
     return queries
 
 
@@ -135,9 +137,7 @@ def _frames(url: str):  # type: ignore[no-untyped-def]
 def pandas_merge(url: str) -> int:
     drifted = 0
     for expected, current, key in _frames(url):
-        merged = expected.merge(
-            current, on=key, how="outer", suffixes=("_e", "_a"), indicator=True
-        )
+        merged = expected.merge(current, on=key, how="outer", suffixes=("_e", "_a"), indicator=True)
         value = [c for c in expected.columns if c != key][0]
         differs = merged[f"{value}_e"] != merged[f"{value}_a"]
         drifted += int(((merged["_merge"] != "both") | differs).sum())

@@ -189,7 +189,9 @@ def build_arrays(n: int, e: int, drift: float, seed: int) -> tuple[dict[str, dic
         },
         "orders": {
             "order_id": ord_keys + 1,
-            "status": STATUSES[np.concatenate([order_status[ord_rows], np.ones(len(extra_orders), int)])],
+            "status": STATUSES[
+                np.concatenate([order_status[ord_rows], np.ones(len(extra_orders), int)])
+            ],
         },
         "stock_events": {
             "id": np.arange(1, e_stock + 1),

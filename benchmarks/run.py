@@ -288,8 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarize(runs, contenders)
         command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
         section = markdown(
-            args.engine, args.scale, rows, machine(args.engine, url), command, dataset,
-            args.repeat, args.note,
+            args.engine,
+            args.scale,
+            rows,
+            machine(args.engine, url),
+            command,
+            dataset,
+            args.repeat,
+            args.note,
         )
         print(section)
         if args.write_doc:
