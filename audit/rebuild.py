@@ -29,7 +29,8 @@ from sqlalchemy.sql.selectable import Subquery
 
 from audit.schema import BoundColumn, BoundEntity, BoundSpec, BoundStream
 
-KeyFilter = Sequence[tuple[Any, ...]]
+#: Keys to audit: a list of key tuples, or a SELECT returning the key columns.
+KeyFilter = Sequence[tuple[Any, ...]] | sa.Select
 
 
 @dataclass
@@ -49,6 +50,8 @@ def key_labels(n: int) -> list[str]:
 
 def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnElement:
     """``key IN (...)``: restricts an audit to some keys (verify, incremental)."""
+    if isinstance(keys, sa.Select):
+        return (key[0] if len(key) == 1 else sa.tuple_(*key)).in_(keys)
     if len(key) == 1:
         return key[0].in_([k[0] for k in keys])
     return sa.tuple_(*key).in_([tuple(k) for k in keys])

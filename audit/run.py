@@ -28,6 +28,7 @@ from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
 from audit.errors import DatabaseError, SpecError
 from audit.findings import FindingsWriter, iso
+from audit.incremental import DEFAULT_LOOKBACK, IncrementalState, Scope
 from audit.output import AuditFolder
 from audit.rebuild import KeyFilter
 from audit.schema import BoundSpec, BoundStream, bind_spec
@@ -77,11 +78,16 @@ def run_audit(
     progress: Progress | None = None,
     command: str | None = None,
     write_report: bool = True,
+    since_last: bool | str | Path = False,
+    lookback: dt.timedelta | None = None,
 ) -> AuditResult:
     """Audit the database described by ``spec`` and write an audit folder.
 
     ``db`` overrides the spec's URL (as ``--db`` does). ``only_keys`` restricts
-    the audit to some keys per entity (used by verify). Raises a
+    the audit to some keys per entity (used by verify). ``since_last`` makes
+    it incremental (see :mod:`audit.incremental`): True for the default state
+    file beside the spec, or a state file path; ``lookback`` overrides how far
+    back it re-reads streams for late commits. Raises a
     :class:`~audit.errors.DriftError` subclass on any problem, before anything
     is written.
     """
@@ -90,10 +96,12 @@ def run_audit(
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     url, _ = resolve_url(db, spec.database_url, spec.base_dir)
+    # --- incremental audits (audit/incremental.py): read the state before anything runs
+    state = _incremental_state(spec, url, since_last, lookback)
     folder = AuditFolder.create(out)
     try:
         try:
-            summary = _audit(spec, url, folder, only_keys, say, started)
+            summary = _audit(spec, url, folder, only_keys, say, started, state)
         except SpecError as err:
             # Name the spec file, as parse errors do.
             raise SpecError(f"{spec.path.name}: {err}" if spec.path else str(err)) from None
@@ -110,7 +118,21 @@ def run_audit(
     except BaseException:
         folder.abandon()
         raise
+    if state is not None:
+        # Only a successful audit moves the marks forward.
+        state.record(summary["snapshot"]["taken_at"], summary["watermarks"])
     return AuditResult(out_dir=folder.path, summary=summary)
+
+
+def _incremental_state(
+    spec: Spec, url: URL, since_last: bool | str | Path, lookback: dt.timedelta | None
+) -> IncrementalState | None:
+    if since_last is False:
+        return None
+    path = None if since_last is True else Path(since_last)
+    return IncrementalState.open(
+        spec, url, path, DEFAULT_LOOKBACK if lookback is None else lookback
+    )
 
 
 def _audit(
@@ -120,8 +142,10 @@ def _audit(
     only_keys: Mapping[str, KeyFilter] | None,
     say: Progress,
     started: float,
+    state: IncrementalState | None = None,
 ) -> dict[str, Any]:
     timer = _Timer()
+    scope: Scope | None = None
     dialect = get_dialect(url.get_backend_name())
     if url.get_backend_name() == "sqlite":
         _require_sqlite_file(url)
@@ -146,13 +170,21 @@ def _audit(
             with database_errors(url, "audit failed"):
                 t = time.perf_counter()
                 say("reading stream watermarks")
+                if state is not None:
+                    scope = state.scope(conn, bound)
+                    if scope is not None:
+                        only_keys = scope.only_keys
+                # An incremental audit must not count whole tables.
+                count = scope is None
                 watermarks = {
-                    name: _watermark(conn, stream) for name, stream in bound.streams.items()
+                    name: _watermark(conn, stream, count) for name, stream in bound.streams.items()
                 }
                 entity_rows = {
                     name: conn.execute(
                         sa.select(sa.func.count()).select_from(entity.table)
                     ).scalar_one()
+                    if count
+                    else None
                     for name, entity in bound.entities.items()
                 }
                 timer.measure("watermarks", t)
@@ -165,7 +197,7 @@ def _audit(
                             f"{len(entity.spec.streams)} stream(s)) and diffing in the database"
                         )
                         keys = None if only_keys is None else only_keys.get(name, [])
-                        if keys is not None and not keys:
+                        if isinstance(keys, list | tuple) and not keys:
                             continue
                         diff = build_diff(bound, entity, dialect, keys)
                         writer.add_all(run_diff(conn, bound, diff))
@@ -191,6 +223,7 @@ def _audit(
         writer,
         timer,
         only_keys,
+        scope,
     )
 
 
@@ -213,8 +246,12 @@ def _require_sqlite_file(url: URL) -> None:
         raise DatabaseError(f"SQLite database file not found: {database}")
 
 
-def _watermark(conn: Connection, stream: BoundStream) -> dict[str, Any]:
-    rows = conn.execute(sa.select(sa.func.count()).select_from(stream.table)).scalar_one()
+def _watermark(conn: Connection, stream: BoundStream, count: bool = True) -> dict[str, Any]:
+    rows = (
+        conn.execute(sa.select(sa.func.count()).select_from(stream.table)).scalar_one()
+        if count
+        else None
+    )
     top = conn.execute(
         sa.select(*stream.order_by)
         .select_from(stream.table)
@@ -246,6 +283,7 @@ def _summary(
     writer: FindingsWriter,
     timer: _Timer,
     only_keys: Mapping[str, KeyFilter] | None,
+    scope: Scope | None = None,
 ) -> dict[str, Any]:
     counts = writer.counts()
     return {
@@ -255,7 +293,10 @@ def _summary(
         "spec": {"path": str(spec.path) if spec.path else None, "sha256": spec.sha256},
         "database": {"url": mask_url(url), "dialect": url.get_backend_name()},
         "snapshot": {"taken_at": iso(snapshot_at), "isolation": isolation},
-        "scope": "keys" if only_keys is not None else "full",
+        "scope": (
+            "incremental" if scope is not None else "keys" if only_keys is not None else "full"
+        ),
+        **({"incremental": scope.describe()} if scope is not None else {}),
         "watermarks": watermarks,
         "rows_scanned": {
             "entities": entity_rows,
