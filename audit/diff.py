@@ -85,7 +85,11 @@ def build_diff(
     cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(key_cols, labels)]
     aggregates = list(folds.aggregates.values())
     cols += [agg.c.n.label(f"n{j}") for j, agg in enumerate(aggregates)]
-    cols += [agg.c.t.label(f"t{j}") for j, agg in enumerate(aggregates) if "t" in agg.c]
+    cols += [
+        folds.last_event[s].label(f"t{j}")
+        for j, s in enumerate(folds.aggregates)
+        if s in folds.last_event
+    ]
     cols += [e.label(f"e{i}") for i, e in enumerate(folds.expected)]
     cols += [v.label(f"a{i}") for i, v in enumerate(current.values)]
     cols += [current.present.label("present")]
@@ -177,7 +181,7 @@ def _union_join(
     joined: FromClause = keys
     for agg in folds.aggregates.values():
         joined = joined.outerjoin(agg, on([agg.c[lbl] for lbl in labels]))
-    for window in folds.windows.values():
+    for _, window in folds.joined_windows():
         joined = joined.outerjoin(window, on([window.c[lbl] for lbl in labels]))
     joined = joined.outerjoin(current.source, on(current.keys))
     return joined, [keys.c[lbl] for lbl in labels]
@@ -194,7 +198,7 @@ def _full_join(
     side is NULL, so the key is the COALESCE of the sides' keys.
     """
     window_of: dict[str, list[Subquery]] = {}
-    for index, window in folds.windows.items():
+    for index, window in folds.joined_windows():
         window_of.setdefault(entity.columns[index].spec.stream, []).append(window)
     sides: list[list[ColumnElement]] = []
     joined: FromClause | None = None

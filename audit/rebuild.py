@@ -42,6 +42,12 @@ class EntityFolds:
     expected: list[ColumnElement] = field(default_factory=list)  # by column index
     tie_flags: dict[int, ColumnElement] = field(default_factory=dict)  # by column index
     null_order_flags: dict[str, ColumnElement] = field(default_factory=dict)  # by stream
+    last_event: dict[str, ColumnElement] = field(default_factory=dict)  # by stream
+
+    def joined_windows(self) -> list[tuple[int, Subquery]]:
+        """The window subqueries joined beside the aggregates (not those carrying them)."""
+        carriers = {id(a) for a in self.aggregates.values()}
+        return [(i, w) for i, w in self.windows.items() if id(w) not in carriers]
 
 
 def key_labels(n: int) -> list[str]:
@@ -63,29 +69,44 @@ def _contributing(column: BoundColumn, expr: ColumnElement) -> ColumnElement:
     return sa.case((column.where, expr))
 
 
+def _stream_aggregates(
+    stream: BoundStream,
+    columns: list[tuple[int, BoundColumn]],
+    first_last: bool,
+    with_time: bool,
+) -> list[tuple[Any, str]]:
+    """(aggregate function, label) pairs: the folds, ``n``, ``t`` and ``null_order``."""
+    aggregates: list[tuple[Any, str]] = []
+    for index, column in columns:
+        fold = column.spec.fold
+        if fold == "count":
+            arg = column.value if column.value is not None else sa.literal_column("1")
+            aggregates.append((sa.func.count(_contributing(column, arg)), f"c{index}"))
+        else:
+            func = getattr(sa.func, fold)
+            aggregates.append((func(_contributing(column, column.value)), f"c{index}"))
+    aggregates.append((sa.func.count(), "n"))
+    if with_time and stream.time is not None:
+        aggregates.append((sa.func.max(stream.time), "t"))
+    if first_last and not stream.order_is_not_null:
+        nulls = sa.or_(*(o.is_(None) for o in stream.order_by))
+        aggregates.append((sa.func.sum(sa.case((nulls, 1), else_=0)), "null_order"))
+    return aggregates
+
+
 def _aggregate(
     stream: BoundStream,
     columns: list[tuple[int, BoundColumn]],
     first_last: bool,
     only_keys: KeyFilter | None,
     alias: str,
+    with_time: bool,
 ) -> Subquery:
     labels = key_labels(len(stream.key))
     selected: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
-    for index, column in columns:
-        fold = column.spec.fold
-        if fold == "count":
-            arg = column.value if column.value is not None else sa.literal_column("1")
-            selected.append(sa.func.count(_contributing(column, arg)).label(f"c{index}"))
-        else:
-            func = getattr(sa.func, fold)
-            selected.append(func(_contributing(column, column.value)).label(f"c{index}"))
-    selected.append(sa.func.count().label("n"))
-    if stream.time is not None:
-        selected.append(sa.func.max(stream.time).label("t"))
-    if first_last and not stream.order_is_not_null:
-        nulls = sa.or_(*(o.is_(None) for o in stream.order_by))
-        selected.append(sa.func.sum(sa.case((nulls, 1), else_=0)).label("null_order"))
+    selected += [
+        func.label(lbl) for func, lbl in _stream_aggregates(stream, columns, first_last, with_time)
+    ]
     query = sa.select(*selected).select_from(stream.table).group_by(*stream.key)
     if only_keys is not None:
         query = query.where(key_filter_clause(stream.key, only_keys))
@@ -93,12 +114,19 @@ def _aggregate(
 
 
 def _window(
-    stream: BoundStream, index: int, column: BoundColumn, only_keys: KeyFilter | None
+    stream: BoundStream,
+    index: int,
+    column: BoundColumn,
+    only_keys: KeyFilter | None,
+    carried: list[tuple[Any, str]] | None = None,
+    alias: str | None = None,
 ) -> Subquery:
     """The first or last contributing row per key, with a tie flag.
 
     The tie flag (a ``lead()`` over the same window) is left out when a unique
-    constraint within ``order_by`` already rules ties out.
+    constraint within ``order_by`` already rules ties out. ``carried``
+    aggregates are computed over each key's whole partition in the same pass,
+    so a stream that needs a sort for this window is read once, not twice.
     """
     labels = key_labels(len(stream.key))
     descending = column.spec.fold == "last"
@@ -112,6 +140,8 @@ def _window(
         for i, o in enumerate(stream.order_by):
             inner_cols.append(o.label(f"o{i}"))
             inner_cols.append(sa.func.lead(o).over(**window).label(f"next{i}"))
+    for func, lbl in carried or []:
+        inner_cols.append(func.over(partition_by=list(stream.key)).label(lbl))
     inner = sa.select(*inner_cols).select_from(stream.table)
     if column.where is not None:
         inner = inner.where(column.where)
@@ -123,12 +153,45 @@ def _window(
         tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
         outer_cols.append(sa.case((tie, 1), else_=0).label("tie"))
     outer_cols.append(sa.literal_column("1").label("hit"))
+    outer_cols += [sub.c[lbl] for _, lbl in carried or []]
     outer = sa.select(*outer_cols).where(sub.c.rn == 1)
-    return outer.subquery(f"fl{index}")
+    return outer.subquery(alias or f"fl{index}")
+
+
+def _time_by_lookup(stream: BoundStream) -> bool:
+    """Look the last event time up per drifted key instead of aggregating it for every key.
+
+    Only when an index leads with the key (a lookup is cheap) and the key and
+    time are plain columns (so the lookup can use its own alias of the table).
+    """
+    return (
+        stream.time is not None
+        and stream.key_is_indexed
+        and isinstance(stream.time, sa.Column)
+        and all(isinstance(k, sa.Column) for k in stream.key)
+    )
+
+
+def _time_lookup(stream: BoundStream, agg: Subquery, position: int) -> ColumnElement:
+    """``(SELECT max(time) FROM stream WHERE key = agg.key)``, evaluated per output row."""
+    alias = stream.table.alias(f"tq{position}")
+    labels = key_labels(len(stream.key))
+    match = [alias.c[k.name] == agg.c[lbl] for k, lbl in zip(stream.key, labels)]  # type: ignore[attr-defined]
+    return (
+        sa.select(sa.func.max(alias.c[stream.time.name]))  # type: ignore[union-attr]
+        .where(*match)
+        .correlate_except(alias)
+        .scalar_subquery()
+    )
 
 
 def build_folds(bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | None) -> EntityFolds:
-    """Compile every fold of an entity into subqueries."""
+    """Compile every fold of an entity into subqueries.
+
+    Per stream: one GROUP BY subquery, and one window subquery per first/last
+    column. When a first/last column has no ``where``, its window carries the
+    stream's aggregates instead (one pass over the stream, no GROUP BY).
+    """
     folds = EntityFolds()
     by_stream: dict[str, list[tuple[int, BoundColumn]]] = {}
     for index, column in enumerate(entity.columns):
@@ -136,14 +199,26 @@ def build_folds(bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | No
     for position, (stream_name, columns) in enumerate(by_stream.items()):
         stream = bound.streams[stream_name]
         aggregated = [(i, c) for i, c in columns if c.spec.fold not in ("first", "last")]
-        has_first_last = len(aggregated) != len(columns)
-        folds.aggregates[stream_name] = _aggregate(
-            stream, aggregated, has_first_last, only_keys, f"agg{position}"
-        )
-        if has_first_last and not stream.order_is_not_null:
-            folds.null_order_flags[stream_name] = folds.aggregates[stream_name].c.null_order
-        for index, column in columns:
-            if column.spec.fold in ("first", "last"):
+        windowed = [(i, c) for i, c in columns if c.spec.fold in ("first", "last")]
+        lookup = _time_by_lookup(stream)
+        carrier = next(((i, c) for i, c in windowed if c.where is None), None)
+        if carrier is not None:
+            carried = _stream_aggregates(stream, aggregated, True, not lookup)
+            agg = _window(stream, carrier[0], carrier[1], only_keys, carried, f"agg{position}")
+            folds.windows[carrier[0]] = agg
+        else:
+            agg = _aggregate(
+                stream, aggregated, bool(windowed), only_keys, f"agg{position}", not lookup
+            )
+        folds.aggregates[stream_name] = agg
+        if "null_order" in agg.c:
+            folds.null_order_flags[stream_name] = agg.c.null_order
+        if "t" in agg.c:
+            folds.last_event[stream_name] = agg.c.t
+        elif lookup:
+            folds.last_event[stream_name] = _time_lookup(stream, agg, position)
+        for index, column in windowed:
+            if index not in folds.windows:
                 folds.windows[index] = _window(stream, index, column, only_keys)
     for index, column in enumerate(entity.columns):
         folds.expected.append(_expected(folds, index, column))

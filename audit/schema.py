@@ -38,6 +38,8 @@ class BoundStream:
     order_is_unique: bool = False
     #: Every order_by entry is a NOT NULL column: no row has a NULL order.
     order_is_not_null: bool = False
+    #: An index leads with the key columns: one key's rows are cheap to find.
+    key_is_indexed: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,15 +85,17 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
         table = reflect(f"{stream.section}.table", stream.table, stream.schema)
         order_by = tuple(_resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by)
         order_columns = tuple(o for o in order_by if isinstance(o, sa.Column))
+        key = tuple(_resolve(table, k, f"{stream.section}.key") for k in stream.key)
         streams[stream.name] = BoundStream(
             spec=stream,
             table=table,
-            key=tuple(_resolve(table, k, f"{stream.section}.key") for k in stream.key),
+            key=key,
             order_by=order_by,
             time=_resolve(table, stream.time, f"{stream.section}.time") if stream.time else None,
             order_is_unique=bool(order_columns) and _is_unique(inspector, table, order_columns),
             order_is_not_null=len(order_columns) == len(order_by)
             and not any(c.nullable for c in order_columns),
+            key_is_indexed=_leads_an_index(table, key),
         )
 
     entities: dict[str, BoundEntity] = {}
@@ -202,6 +206,16 @@ def _check_numeric_value(value: ColumnElement | None, column: Column) -> None:
             f"{column.section}.value: fold {column.fold!r} needs numbers, but column "
             f"{value.name!r} holds text ({value.type})"
         )
+
+
+def _leads_an_index(table: sa.Table, key: tuple[ColumnElement, ...]) -> bool:
+    """True when the key's plain columns are the leading columns of an index or the PK."""
+    if not all(isinstance(k, sa.Column) for k in key):
+        return False
+    names = {k.name for k in key}  # type: ignore[attr-defined]
+    leads = [[c.name for c in table.primary_key.columns]] if table.primary_key else []
+    leads += [[c.name for c in index.columns] for index in table.indexes]
+    return any(set(cols[: len(names)]) == names for cols in leads)
 
 
 def _is_unique(

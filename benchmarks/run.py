@@ -8,7 +8,7 @@ waits for), the median time inside the process, and the peak RSS of that
 process alone (``os.wait4``). Every run must find exactly the staged drift,
 or the harness stops. Figures are ratios against the lower bound.
 
-PostgreSQL and MariaDB data go to a dedicated ``drift_bench`` database, dropped
+PostgreSQL and MariaDB data go to a dedicated ``drift_bench_<scale>`` database, dropped
 at the end unless ``--keep``; SQLite data to ``--workdir``. A dataset already
 there with the same scale, drift and seed is reused.
 """
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -31,7 +32,16 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from benchmarks.generate import SCALES, SPEC, existing, generate
+from benchmarks.generate import (
+    SCALES,
+    SPEC,
+    existing,
+    generate,
+    inventory,
+    order_events,
+    orders,
+    stock_events,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -39,13 +49,15 @@ SERVERS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
 }
-BENCH_DB = "drift_bench"
+BENCH_DB = "drift_bench_{scale}"  # one database per scale, so scales can be kept side by side
 CONTENDERS = ("drift", "lower_bound", "pandas_merge", "datacompy")
 LABELS = {
     "drift": "`drift audit` (end to end)",
     "lower_bound": "lower bound: hand-written SQL",
     "pandas_merge": "pandas read + groupby + merge",
     "datacompy": "pandas read + groupby + datacompy",
+    "since_last_first": "`drift audit --since-last`, first run (full, records marks)",
+    "since_last": "`drift audit --since-last` after {n} new stream rows",
 }
 
 
@@ -98,33 +110,101 @@ def run_contender(name: str, url: str, spec: Path, workdir: Path) -> Run:
     return Run(name, wall, result["seconds"], rss, result["drifted"])
 
 
-def server_url(engine: str, create: bool) -> str:
+def add_events(url: str, count: int, seed: int) -> None:
+    """New stream rows the shop applied correctly: half stock adjustments (qty 0 to
+    on_hand), half order events repeating the order's current status."""
+    rng = random.Random(seed)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            skus = conn.execute(sa.select(inventory.c.sku).limit(200_000)).scalars().all()
+            order_ids = conn.execute(sa.select(orders.c.order_id).limit(200_000)).scalars().all()
+            stamp = "2027-01-01T00:00:00"
+            base = conn.execute(sa.select(sa.func.max(stock_events.c.id))).scalar_one()
+            conn.execute(
+                stock_events.insert(),
+                [
+                    {
+                        "id": base + i + 1,
+                        "sku": rng.choice(skus),
+                        "kind": "adjusted",
+                        "qty": 1,
+                        "created_at": stamp,
+                    }
+                    for i in range(count // 2)
+                ],
+            )
+            base = conn.execute(sa.select(sa.func.max(order_events.c.id))).scalar_one()
+            picked = sorted(set(rng.sample(order_ids, count - count // 2)))
+            rank = sa.func.row_number().over(order_by=orders.c.order_id)
+            source = sa.select(
+                (sa.literal(base) + rank).label("id"),
+                orders.c.order_id,
+                orders.c.status,
+                sa.literal(stamp).label("created_at"),
+            ).where(orders.c.order_id.in_(picked))
+            conn.execute(
+                order_events.insert().from_select(
+                    ["id", "order_id", "new_status", "created_at"], source
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def incremental(url: str, spec: Path, workdir: Path, count: int, repeat: int) -> list[Run]:
+    """A first --since-last audit (full), then ``repeat`` times: add rows, audit again."""
+    state = workdir / "bench-state.json"
+    state.unlink(missing_ok=True)
+    runs = []
+    for i in range(repeat + 1):
+        if i:
+            add_events(url, count, seed=i)
+        out = workdir / "audit"
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["-q", "audit", "-c", str(spec), "--db", url, "--out", str(out), "-f", "json"]
+        args += ["--since-last", "--state", str(state)]
+        wall, rss, stdout = measure("drift", *args)
+        summary = json.loads(stdout)
+        name = "since_last" if i else "since_last_first"
+        runs.append(Run(name, wall, summary["timings"]["total"], rss, -1))
+        print(
+            f"  {name:17} wall {wall:7.2f} s  inner {summary['timings']['total']:7.2f} s  "
+            f"rss {rss:7.0f} MB  scope {summary['scope']}  findings {summary['counts']['total']}",
+            file=sys.stderr,
+        )
+    return runs
+
+
+def server_url(engine: str, scale: str, create: bool) -> str:
+    name = BENCH_DB.format(scale=scale.lower())
     admin = sa.create_engine(SERVERS[engine], isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             if engine == "postgresql":
                 found = conn.execute(
-                    sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": BENCH_DB}
+                    sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
                 ).first()
                 if not found and create:
-                    conn.exec_driver_sql(f"CREATE DATABASE {BENCH_DB}")
+                    conn.exec_driver_sql(f"CREATE DATABASE {name}")
             elif create:
                 conn.exec_driver_sql(
-                    f"CREATE DATABASE IF NOT EXISTS {BENCH_DB} CHARACTER SET utf8mb4"
+                    f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"
                 )
     finally:
         admin.dispose()
-    return make_url(SERVERS[engine]).set(database=BENCH_DB).render_as_string(hide_password=False)
+    return make_url(SERVERS[engine]).set(database=name).render_as_string(hide_password=False)
 
 
-def drop_server_db(engine: str) -> None:
+def drop_server_db(engine: str, scale: str) -> None:
+    name = BENCH_DB.format(scale=scale.lower())
     admin = sa.create_engine(SERVERS[engine], isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             if engine == "postgresql":
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             else:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {BENCH_DB}")
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
     finally:
         admin.dispose()
 
@@ -167,11 +247,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def summarize(runs: list[Run], contenders: list[str]) -> list[dict[str, float | str]]:
+def summarize(
+    runs: list[Run], contenders: list[str], base: list[dict[str, float | str]] | None = None
+) -> list[dict[str, float | str]]:
     by = {c: [r for r in runs if r.contender == c] for c in contenders}
-    base = by.get("lower_bound")
-    base_wall = median([r.wall for r in base]) if base else None
-    base_inner = median([r.inner for r in base]) if base else None
+    base_wall = base_inner = None
+    if base is not None:
+        lower = next((r for r in base if r["contender"] == "lower_bound"), None)
+        if lower:
+            base_wall, base_inner = float(lower["wall"]), float(lower["inner"])
+    elif by.get("lower_bound"):
+        base_wall = median([r.wall for r in by["lower_bound"]])
+        base_inner = median([r.inner for r in by["lower_bound"]])
     rows = []
     for name in contenders:
         wall = median([r.wall for r in by[name]])
@@ -249,13 +336,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
     parser.add_argument("--write-doc", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--note", default="", help="a note for the doc (e.g. a shared machine)")
+    parser.add_argument(
+        "--incremental",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time --since-last audits after N new stream rows (changes the dataset)",
+    )
     args = parser.parse_args(argv)
     contenders = args.contenders.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.engine == "sqlite":
         url = f"sqlite:///{args.workdir / f'bench-{args.scale}.db'}"
     else:
-        url = server_url(args.engine, create=True)
+        url = server_url(args.engine, args.scale, create=True)
     spec = args.workdir / "drift.toml"
     spec.write_text(SPEC, encoding="utf-8")
     try:
@@ -286,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 runs.append(run)
         rows = summarize(runs, contenders)
+        if args.incremental:
+            inc = incremental(url, spec, args.workdir, args.incremental, args.repeat)
+            rows += summarize(inc, ["since_last_first", "since_last"], base=rows)
+            LABELS["since_last"] = LABELS["since_last"].format(n=f"{args.incremental:,}")
         command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
         section = markdown(
             args.engine,
@@ -302,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             write_doc(args.engine, args.scale, section)
     finally:
         if args.engine != "sqlite" and not args.keep:
-            drop_server_db(args.engine)
+            drop_server_db(args.engine, args.scale)
     return 0
 
 
