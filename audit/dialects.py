@@ -52,6 +52,10 @@ class PostgresDialect(Dialect):
         conn.begin()
         # The snapshot is taken by the first statement of the transaction.
         conn.exec_driver_sql("SELECT 1")
+        # JIT compiles each diff query for a fixed ~0.2 s, triggered by cost estimates
+        # that the drift filter and per-drifted-key lookups overstate; measured at
+        # 1M-10M stream rows it never paid back (docs/benchmarks.md).
+        conn.exec_driver_sql("SET LOCAL jit = off")
         return conn
 
     def snapshot_time(self, conn: Connection) -> object:

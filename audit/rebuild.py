@@ -1,9 +1,9 @@
 """Rebuilding expected state: each fold compiled to SQL with SQLAlchemy Core.
 
 For one entity, every stream it reads becomes one GROUP BY subquery keyed by
-the entity key (``k0``, ``k1``...), holding the sum/count/min/max columns, the
-stream's row count for the key (``n``, which also says "this stream explains
-the key") and the time of its last row. Each first/last column becomes a
+the entity key (``k0``, ``k1``...), holding the sum/count/min/max columns, a
+constant ``n`` (its presence says "this stream explains the key") and the
+time of its last row. Each first/last column becomes a
 window subquery that keeps the first or last row per key in ``order_by`` order.
 
 Semantics (also in docs/spec.md):
@@ -63,6 +63,10 @@ def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnEl
     return sa.tuple_(*key).in_([tuple(k) for k in keys])
 
 
+#: ``n``: a key's row in a stream's aggregate says "this stream explains the key".
+_EXPLAINED = sa.literal_column("1").label("n")
+
+
 def _contributing(column: BoundColumn, expr: ColumnElement) -> ColumnElement:
     if column.where is None:
         return expr
@@ -75,7 +79,7 @@ def _stream_aggregates(
     first_last: bool,
     with_time: bool,
 ) -> list[tuple[Any, str]]:
-    """(aggregate function, label) pairs: the folds, ``n``, ``t`` and ``null_order``."""
+    """(aggregate function, label) pairs: the folds, ``t`` and ``null_order``."""
     aggregates: list[tuple[Any, str]] = []
     for index, column in columns:
         fold = column.spec.fold
@@ -85,7 +89,6 @@ def _stream_aggregates(
         else:
             func = getattr(sa.func, fold)
             aggregates.append((func(_contributing(column, column.value)), f"c{index}"))
-    aggregates.append((sa.func.count(), "n"))
     if with_time and stream.time is not None:
         aggregates.append((sa.func.max(stream.time), "t"))
     if first_last and not stream.order_is_not_null:
@@ -107,6 +110,7 @@ def _aggregate(
     selected += [
         func.label(lbl) for func, lbl in _stream_aggregates(stream, columns, first_last, with_time)
     ]
+    selected.append(_EXPLAINED)
     query = sa.select(*selected).select_from(stream.table).group_by(*stream.key)
     if only_keys is not None:
         query = query.where(key_filter_clause(stream.key, only_keys))
@@ -153,7 +157,9 @@ def _window(
         tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
         outer_cols.append(sa.case((tie, 1), else_=0).label("tie"))
     outer_cols.append(sa.literal_column("1").label("hit"))
-    outer_cols += [sub.c[lbl] for _, lbl in carried or []]
+    if carried is not None:
+        outer_cols += [sub.c[lbl] for _, lbl in carried]
+        outer_cols.append(_EXPLAINED)
     outer = sa.select(*outer_cols).where(sub.c.rn == 1)
     return outer.subquery(alias or f"fl{index}")
 
