@@ -111,8 +111,8 @@ def run_contender(name: str, url: str, spec: Path, workdir: Path) -> Run:
 
 
 def add_events(url: str, count: int, seed: int) -> None:
-    """New stream rows the shop applied correctly: half stock adjustments (qty 0 to
-    on_hand), half order events repeating the order's current status."""
+    """New stream rows that change no rebuilt value: half stock adjustments (0 to
+    on_hand), half order events repeating the order's last event's status."""
     rng = random.Random(seed)
     engine = sa.create_engine(url)
     try:
@@ -136,13 +136,21 @@ def add_events(url: str, count: int, seed: int) -> None:
             )
             base = conn.execute(sa.select(sa.func.max(order_events.c.id))).scalar_one()
             picked = sorted(set(rng.sample(order_ids, count - count // 2)))
-            rank = sa.func.row_number().over(order_by=orders.c.order_id)
+            # Each new order event repeats the order's last status: the rebuilt
+            # state, and so the staged drift, stays exactly as generated.
+            later = order_events.alias("later")
+            newest = (
+                sa.select(sa.func.max(later.c.id))
+                .where(later.c.order_id == order_events.c.order_id)
+                .scalar_subquery()
+            )
+            rank = sa.func.row_number().over(order_by=order_events.c.order_id)
             source = sa.select(
                 (sa.literal(base) + rank).label("id"),
-                orders.c.order_id,
-                orders.c.status,
+                order_events.c.order_id,
+                order_events.c.new_status,
                 sa.literal(stamp).label("created_at"),
-            ).where(orders.c.order_id.in_(picked))
+            ).where(order_events.c.order_id.in_(picked), order_events.c.id == newest)
             conn.execute(
                 order_events.insert().from_select(
                     ["id", "order_id", "new_status", "created_at"], source
@@ -188,9 +196,7 @@ def server_url(engine: str, scale: str, create: bool) -> str:
                 if not found and create:
                     conn.exec_driver_sql(f"CREATE DATABASE {name}")
             elif create:
-                conn.exec_driver_sql(
-                    f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"
-                )
+                conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4")
     finally:
         admin.dispose()
     return make_url(SERVERS[engine]).set(database=name).render_as_string(hide_password=False)
