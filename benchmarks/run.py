@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -390,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
             inc = incremental(url, spec, args.workdir, args.incremental, args.repeat)
             rows += summarize(inc, ["since_last_first", "since_last"], base=rows)
             LABELS["since_last"] = LABELS["since_last"].format(n=f"{args.incremental:,}")
-        command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m benchmarks.run " + shlex.join(
+            argv if argv is not None else sys.argv[1:]
+        )
         section = markdown(
             args.engine,
             args.scale,
