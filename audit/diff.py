@@ -40,6 +40,7 @@ class DiffQuery:
     select: sa.Select
     streams: tuple[str, ...]
     has_dup: bool
+    whole_tables: bool = False
 
 
 def _differs(dialect: Dialect, column: BoundColumn, e: ColumnElement, a: ColumnElement):
@@ -113,7 +114,13 @@ def build_diff(
         # The table is joined whole; the aggregates are already restricted.
         where = sa.and_(key_filter_clause(key_cols, only_keys), where)
     query = sa.select(*cols).select_from(joined).where(where).order_by(*key_cols)
-    return DiffQuery(entity=entity, select=query, streams=tuple(folds.aggregates), has_dup=has_dup)
+    return DiffQuery(
+        entity=entity,
+        select=query,
+        streams=tuple(folds.aggregates),
+        has_dup=has_dup,
+        whole_tables=only_keys is None,
+    )
 
 
 @dataclass(frozen=True)
@@ -229,13 +236,33 @@ def _coalesced_on(sides: list[list[ColumnElement]], other: list[ColumnElement]) 
     return sa.and_(*(k == o for k, o in zip(_coalesced(sides), other)))
 
 
-def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Finding]:
-    """Execute a diff query and turn each drifted row into findings."""
+def run_diff(
+    conn: Connection, bound: BoundSpec, diff: DiffQuery, dialect: Dialect | None = None
+) -> Iterator[Finding]:
+    """Execute a diff query and turn each drifted row into findings.
+
+    With ``dialect``, a diff over whole tables (no ``only_keys``) runs under
+    the dialect's :meth:`~audit.dialects.Dialect.whole_table_settings`.
+    """
+    before, after = dialect.whole_table_settings() if dialect and diff.whole_tables else ([], [])
+    for statement in before:
+        _set(conn, statement)
     result = conn.execution_options(stream_results=True, yield_per=2000).execute(diff.select)
     try:
         yield from _findings(conn, bound, diff, result)
     finally:
         result.close()
+        for statement in after:
+            _set(conn, statement)
+
+
+def _set(conn: Connection, statement: str) -> None:
+    """A session setting, on a plain DB-API cursor (a SET cannot run in a server-side one)."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def _findings(

@@ -182,7 +182,7 @@ def _touched(stream: BoundStream, since: list[Any] | None) -> sa.Select:
     DISTINCT by walking a whole key index instead of the ``order_by`` range.
     """
     query = sa.select(*stream.key).select_from(stream.table)
-    if since is not None:
+    if since is not None and None not in since:
         query = query.where(_after(stream.order_by, since))
     return query
 

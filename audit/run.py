@@ -26,7 +26,7 @@ from audit import __version__
 from audit.database import create_engine, database_errors, mask_url, redact, resolve_url
 from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
-from audit.errors import DatabaseError, SpecError
+from audit.errors import DatabaseError, DriftError, SpecError
 from audit.findings import FindingsWriter, iso
 from audit.incremental import DEFAULT_LOOKBACK, IncrementalState, Scope
 from audit.output import AuditFolder
@@ -95,6 +95,8 @@ def run_audit(
     say = progress or (lambda _msg: None)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    if since_last is not False and only_keys is not None:
+        raise DriftError("an audit is either incremental (since_last) or restricted (only_keys)")
     url, _ = resolve_url(db, spec.database_url, spec.base_dir)
     # --- incremental audits (audit/incremental.py): read the state before anything runs
     state = _incremental_state(spec, url, since_last, lookback)
@@ -200,7 +202,7 @@ def _audit(
                         if isinstance(keys, list | tuple) and not keys:
                             continue
                         diff = build_diff(bound, entity, dialect, keys)
-                        writer.add_all(run_diff(conn, bound, diff))
+                        writer.add_all(run_diff(conn, bound, diff, dialect))
                         timer.measure(f"entity:{name}", t)
                 finally:
                     writer.close()
@@ -255,6 +257,7 @@ def _watermark(conn: Connection, stream: BoundStream, count: bool = True) -> dic
     top = conn.execute(
         sa.select(*stream.order_by)
         .select_from(stream.table)
+        .where(*(o.is_not(None) for o in stream.order_by))
         .order_by(*(o.desc() for o in stream.order_by))
         .limit(1)
     ).first()

@@ -46,3 +46,13 @@ def test_every_figure_says_which_command_made_it():
     for engine, scale, body in sections:
         assert f"`python -m benchmarks.run --engine {engine} --scale {scale}" in body
         assert "Machine:" in body
+
+
+def test_the_tuned_lower_bound_uses_the_audit_settings():
+    from audit.dialects import PostgresDialect
+    from benchmarks.contenders import PG_AUDIT_SETTINGS
+
+    before, _ = PostgresDialect().whole_table_settings()
+    audit = ["SET jit = off", *(s.replace("SET LOCAL", "SET") for s in before)]
+    assert list(PG_AUDIT_SETTINGS) == audit
+    assert "SET LOCAL jit = off" in Path(ROOT / "audit" / "dialects.py").read_text()

@@ -168,3 +168,35 @@ def test_cli_since_last(sqlite_backend, tmp_path, capsys):
     code = main(["-q", "audit", "-c", str(spec), "-o", str(tmp_path / "c"), "--state", "x.json"])
     assert code == 2
     assert "--state only applies to --since-last audits" in capsys.readouterr().err
+
+
+def test_a_nullable_order_by_keeps_a_non_null_mark(backend, tmp_path):
+    """PostgreSQL sorts NULLs first in DESC order: the mark must skip them."""
+    events = [
+        {"k1": "a", "k2": 1, "v": 5, "t": "2026-01-01T00:00:01"},
+        {"k1": "a", "k2": 2, "v": 7, "t": None},
+    ]
+    rows = [{"k1": "a", "k2": 1, "total": 5}, {"k1": "a", "k2": 2, "total": 7}]
+    from tests import shop
+
+    load(backend, events, rows)
+    text = shop.spec_text(backend.url, SUM).replace('order_by = ["id"]', 'order_by = ["t"]')
+    from audit import parse_spec, run_audit
+
+    state = tmp_path / "state.json"
+    first = run_audit(parse_spec(text), out=tmp_path / "first", since_last=state)
+    assert first.summary["watermarks"]["ev"]["value"] == ["2026-01-01T00:00:01"]
+    with backend.engine.begin() as conn:
+        conn.execute(ev.insert().values(id=9, k1="a", k2=2, v=1, t="2026-01-01T00:00:09"))
+    second = run_audit(parse_spec(text), out=tmp_path / "second", since_last=state)
+    assert second.summary["scope"] == "incremental"
+    assert second.summary["counts"]["by_kind"] == {"mismatch": 1}
+
+
+def test_since_last_and_only_keys_do_not_combine(sqlite_backend, tmp_path):
+    from audit.errors import DriftError
+
+    load(sqlite_backend, EVENTS, ROWS)
+    with pytest.raises(DriftError, match="either incremental"):
+        run(sqlite_backend, tmp_path, "both", only_keys={"ent": [("a", 1)]})
+    assert not (tmp_path / "state.json").exists()

@@ -119,3 +119,34 @@ def test_last_event_time_is_looked_up_only_with_an_index(backend, tmp_path):
     assert times[('["a",1]', "total")] == "2026-01-01T00:00:02"
     assert times[('["b",1]', "")] == "2026-01-01T00:00:04"
     assert times[('["c",1]', "")] is None
+
+
+def test_whole_table_settings_only_around_a_full_diff(backend, tmp_path, monkeypatch):
+    """PostgreSQL: no plain index scans while a full diff runs; incremental keeps them."""
+    import audit.diff
+
+    load(backend, EVENTS, ROWS)
+    spec = parse_spec(spec_text(backend.url, ALL_COLUMNS))
+    seen: list[str] = []
+    real = audit.diff._set
+
+    def spy(conn, statement):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+        real(conn, statement)
+
+    monkeypatch.setattr(audit.diff, "_set", spy)
+    full = run_audit(spec, out=tmp_path / "full", write_report=False, since_last=tmp_path / "s")
+    settings = list(seen)
+    seen.clear()
+    inc = run_audit(spec, out=tmp_path / "inc", write_report=False, since_last=tmp_path / "s")
+    assert (full.summary["scope"], inc.summary["scope"]) == ("full", "incremental")
+    assert seen == []
+    if backend.name == "postgresql":
+        assert settings == [
+            "SET LOCAL enable_indexscan = off",
+            "SET LOCAL enable_indexonlyscan = off",
+            "SET LOCAL enable_indexscan TO DEFAULT",
+            "SET LOCAL enable_indexonlyscan TO DEFAULT",
+        ]
+    else:
+        assert settings == []
