@@ -8,6 +8,7 @@ values are compared exactly.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -24,6 +25,9 @@ class Dialect:
 
     name: ClassVar[str] = ""
     snapshot_isolation: ClassVar[str] = ""
+    #: The diff FULL OUTER JOINs the sides instead of left-joining them to a
+    #: UNION of their keys, which computes every aggregate twice.
+    full_outer_join: ClassVar[bool] = False
 
     def open_snapshot(self, conn: Connection) -> Connection:
         """Start a read-only transaction that sees one consistent snapshot."""
@@ -36,6 +40,10 @@ class Dialect:
     def reflect_listeners(self) -> list[tuple[str, Any]]:
         """Event listeners for reflecting a table (work-arounds for reflection quirks)."""
         return []
+
+    def whole_table_settings(self) -> tuple[list[str], list[str]]:
+        """Session settings for a diff that reads whole tables, and how to undo them."""
+        return [], []
 
     def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
         """Null-safe 'a and b are not the same value'; exact for text."""
@@ -62,16 +70,34 @@ class Dialect:
 class PostgresDialect(Dialect):
     name = "postgresql"
     snapshot_isolation = "REPEATABLE READ, READ ONLY"
+    full_outer_join = True
 
     def open_snapshot(self, conn: Connection) -> Connection:
         conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         conn.begin()
         # The snapshot is taken by the first statement of the transaction.
         conn.exec_driver_sql("SELECT 1")
+        # JIT compiles each diff query for a fixed ~0.2 s, triggered by cost estimates
+        # that the drift filter and per-drifted-key lookups overstate; measured at
+        # 1M-10M stream rows it never paid back (docs/benchmarks.md).
+        conn.exec_driver_sql("SET LOCAL jit = off")
         return conn
 
     def snapshot_time(self, conn: Connection) -> object:
         return conn.exec_driver_sql("SELECT transaction_timestamp()").scalar_one()
+
+    def whole_table_settings(self) -> tuple[list[str], list[str]]:
+        """No plain or index-only scans while a full diff runs.
+
+        A full diff reads every row of every stream: sequential scans feeding
+        hash or sort plans are what it needs. The planner otherwise walks whole
+        tables through an index to get rows in key order (a GroupAggregate or a
+        window without a sort), random I/O that measured 3-5x slower at 10M
+        rows (docs/benchmarks.md). Bitmap index scans stay allowed, so per-key
+        lookups (the last event time of a drifted key) still use the index.
+        """
+        names = ("enable_indexscan", "enable_indexonlyscan")
+        return [f"SET LOCAL {n} = off" for n in names], [f"SET LOCAL {n} TO DEFAULT" for n in names]
 
 
 class MySQLDialect(Dialect):
@@ -202,6 +228,7 @@ def _compile_bytes_text_sqlite(element, compiler, **kw):  # type: ignore[no-unty
 class SQLiteDialect(Dialect):
     name = "sqlite"
     snapshot_isolation = "one read transaction (query_only)"
+    full_outer_join = sqlite3.sqlite_version_info >= (3, 39, 0)
 
     def open_snapshot(self, conn: Connection) -> Connection:
         conn.begin()  # emits BEGIN (see audit.database)

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause, Subquery
 
 from audit.dialects import Dialect
 from audit.errors import DataError, SpecError
@@ -29,7 +30,7 @@ from audit.findings import (
     key_to_json,
     numeric_delta,
 )
-from audit.rebuild import KeyFilter, build_folds, key_filter_clause, key_labels
+from audit.rebuild import EntityFolds, KeyFilter, build_folds, key_filter_clause, key_labels
 from audit.schema import BoundColumn, BoundEntity, BoundSpec
 
 
@@ -39,6 +40,7 @@ class DiffQuery:
     select: sa.Select
     streams: tuple[str, ...]
     has_dup: bool
+    whole_tables: bool = False
 
 
 def _differs(dialect: Dialect, column: BoundColumn, e: ColumnElement, a: ColumnElement):
@@ -64,53 +66,42 @@ def build_diff(
     folds = build_folds(bound, entity, only_keys, dialect)
     labels = key_labels(len(entity.key))
 
-    current_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(entity.key, labels)]
-    current_cols += [c.target.label(f"a{i}") for i, c in enumerate(entity.columns)]
-    current_cols.append(sa.literal_column("1").label("present"))
     has_dup = not entity.key_is_unique
-    if has_dup:
-        current_cols.append(sa.func.count().over(partition_by=list(entity.key)).label("dup"))
-    current_q = sa.select(*current_cols).select_from(entity.table)
-    if only_keys is not None:
-        current_q = current_q.where(key_filter_clause(entity.key, only_keys))
-    current = current_q.subquery("cur")
+    direct = dialect.full_outer_join and entity.key_columns is not None and not has_dup
+    current = _current_side(entity, only_keys, labels, has_dup, direct)
 
-    key_sets = [sa.select(*(agg.c[lbl] for lbl in labels)) for agg in folds.aggregates.values()]
-    key_sets.append(sa.select(*(current.c[lbl] for lbl in labels)))
-    keys = sa.union(*key_sets).subquery("keys")
-
-    def on(sub) -> ColumnElement:  # type: ignore[no-untyped-def]
-        return sa.and_(*(keys.c[lbl] == sub.c[lbl] for lbl in labels))
-
-    joined = keys
-    for agg in folds.aggregates.values():
-        joined = joined.outerjoin(agg, on(agg))
-    for window in folds.windows.values():
-        joined = joined.outerjoin(window, on(window))
-    joined = joined.outerjoin(current, on(current))
+    if dialect.full_outer_join:
+        joined, key_cols = _full_join(entity, folds, current, labels)
+    else:
+        joined, key_cols = _union_join(folds, current, labels)
 
     explained = sa.or_(*(agg.c.n.is_not(None) for agg in folds.aggregates.values()))
-    present = current.c.present.is_not(None)
+    present = current.is_present
     differs = [
-        _differs(dialect, column, folds.expected[i], current.c[f"a{i}"])
+        _differs(dialect, column, folds.expected[i], current.values[i])
         for i, column in enumerate(entity.columns)
     ]
     flags = [sa.case((d, 1), else_=0).label(f"d{i}") for i, d in enumerate(differs)]
 
-    cols: list[ColumnElement] = [keys.c[lbl] for lbl in labels]
+    cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(key_cols, labels)]
     aggregates = list(folds.aggregates.values())
     cols += [agg.c.n.label(f"n{j}") for j, agg in enumerate(aggregates)]
-    cols += [agg.c.t.label(f"t{j}") for j, agg in enumerate(aggregates) if "t" in agg.c]
+    cols += [
+        folds.last_event[s].label(f"t{j}")
+        for j, s in enumerate(folds.aggregates)
+        if s in folds.last_event
+    ]
     cols += [e.label(f"e{i}") for i, e in enumerate(folds.expected)]
-    cols += [current.c[f"a{i}"] for i in range(len(entity.columns))]
-    cols += [current.c.present] + ([current.c.dup] if has_dup else []) + flags
+    cols += [v.label(f"a{i}") for i, v in enumerate(current.values)]
+    cols += [current.present.label("present")]
+    cols += ([current.dup.label("dup")] if current.dup is not None else []) + flags
     cols += [f.label(f"tie{i}") for i, f in folds.tie_flags.items()]
     cols += [f.label(f"nonnumeric{i}") for i, f in folds.non_numeric_flags.items()]
     streams = list(folds.aggregates)
     cols += [f.label(f"nullorder{streams.index(s)}") for s, f in folds.null_order_flags.items()]
 
     drifted = [
-        *(keys.c[lbl].is_(None) for lbl in labels),
+        *(k.is_(None) for k in key_cols),
         sa.and_(explained, sa.not_(present)),
         sa.and_(present, sa.not_(explained)),
         sa.and_(explained, present, sa.or_(*differs)),
@@ -118,19 +109,146 @@ def build_diff(
         *(f > 0 for f in folds.non_numeric_flags.values()),
         *(f > 0 for f in folds.null_order_flags.values()),
     ]
-    if has_dup:
-        drifted.append(current.c.dup > 1)
-    query = (
-        sa.select(*cols)
-        .select_from(joined)
-        .where(sa.or_(*drifted))
-        .order_by(*(keys.c[lbl] for lbl in labels))
+    if current.dup is not None:
+        drifted.append(current.dup > 1)
+    where = sa.or_(*drifted)
+    if direct and only_keys is not None:
+        # The table is joined whole; the aggregates are already restricted.
+        where = sa.and_(key_filter_clause(key_cols, only_keys), where)
+    query = sa.select(*cols).select_from(joined).where(where).order_by(*key_cols)
+    return DiffQuery(
+        entity=entity,
+        select=query,
+        streams=tuple(folds.aggregates),
+        has_dup=has_dup,
+        whole_tables=only_keys is None,
     )
-    return DiffQuery(entity=entity, select=query, streams=tuple(folds.aggregates), has_dup=has_dup)
 
 
-def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Finding]:
-    """Execute a diff query and turn each drifted row into findings."""
+@dataclass(frozen=True)
+class _Current:
+    """The current rows as one side of the join: where they come from, and their columns."""
+
+    source: FromClause
+    keys: list[ColumnElement]
+    values: list[ColumnElement]
+    present: ColumnElement  # 1 for a current row, NULL when the join found none
+    is_present: ColumnElement
+    dup: ColumnElement | None
+
+
+def _current_side(
+    entity: BoundEntity,
+    only_keys: KeyFilter | None,
+    labels: list[str],
+    has_dup: bool,
+    direct: bool,
+) -> _Current:
+    """The entity's table joined as it is, or wrapped in a subquery.
+
+    Joined directly, the database can use the table's own key index (SQLite
+    cannot index a subquery on the outer side of a FULL JOIN and would scan it
+    once per row). A NULL-extended row has NULL key columns; a real row with a
+    NULL key is reported as a null key, never as present.
+    """
+    if direct:
+        keys = list(entity.key)
+        is_present = sa.and_(*(k.is_not(None) for k in keys))
+        present = sa.case((is_present, sa.literal_column("1")))
+        values = [c.target for c in entity.columns]
+        return _Current(entity.table, keys, values, present, is_present, None)
+    cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(entity.key, labels)]
+    cols += [c.target.label(f"a{i}") for i, c in enumerate(entity.columns)]
+    cols.append(sa.literal_column("1").label("present"))
+    if has_dup:
+        cols.append(sa.func.count().over(partition_by=list(entity.key)).label("dup"))
+    query = sa.select(*cols).select_from(entity.table)
+    if only_keys is not None:
+        query = query.where(key_filter_clause(entity.key, only_keys))
+    sub = query.subquery("cur")
+    return _Current(
+        sub,
+        [sub.c[lbl] for lbl in labels],
+        [sub.c[f"a{i}"] for i in range(len(entity.columns))],
+        sub.c.present,
+        sub.c.present.is_not(None),
+        sub.c.dup if has_dup else None,
+    )
+
+
+def _union_join(
+    folds: EntityFolds, current: _Current, labels: list[str]
+) -> tuple[FromClause, list[ColumnElement]]:
+    """Every key any side knows, by UNION, left-joined to each side (MySQL/MariaDB)."""
+    key_sets = [sa.select(*(agg.c[lbl] for lbl in labels)) for agg in folds.aggregates.values()]
+    key_sets.append(sa.select(*current.keys))
+    keys = sa.union(*key_sets).subquery("keys")
+
+    def on(side: list[ColumnElement]) -> ColumnElement:
+        return sa.and_(*(keys.c[lbl] == k for lbl, k in zip(labels, side)))
+
+    joined: FromClause = keys
+    for agg in folds.aggregates.values():
+        joined = joined.outerjoin(agg, on([agg.c[lbl] for lbl in labels]))
+    for _, window in folds.joined_windows():
+        joined = joined.outerjoin(window, on([window.c[lbl] for lbl in labels]))
+    joined = joined.outerjoin(current.source, on(current.keys))
+    return joined, [keys.c[lbl] for lbl in labels]
+
+
+def _full_join(
+    entity: BoundEntity, folds: EntityFolds, current: _Current, labels: list[str]
+) -> tuple[FromClause, list[ColumnElement]]:
+    """The stream aggregates and the current rows, FULL OUTER JOINed on the key.
+
+    Each side is computed once (a UNION of keys would compute every aggregate
+    twice). A window subquery holds a subset of its stream's keys, so it is
+    left-joined to that stream's aggregate. In an unmatched row every other
+    side is NULL, so the key is the COALESCE of the sides' keys.
+    """
+    window_of: dict[str, list[Subquery]] = {}
+    for index, window in folds.joined_windows():
+        window_of.setdefault(entity.columns[index].spec.stream, []).append(window)
+    sides: list[list[ColumnElement]] = []
+    joined: FromClause | None = None
+    for stream, agg in folds.aggregates.items():
+        agg_keys = [agg.c[lbl] for lbl in labels]
+        if joined is None:
+            joined = agg
+        else:
+            joined = joined.outerjoin(agg, _coalesced_on(sides, agg_keys), full=True)
+        sides.append(agg_keys)
+        for window in window_of.get(stream, []):
+            joined = joined.outerjoin(
+                window, sa.and_(*(agg.c[lbl] == window.c[lbl] for lbl in labels))
+            )
+    assert joined is not None
+    joined = joined.outerjoin(current.source, _coalesced_on(sides, current.keys), full=True)
+    sides.append(current.keys)
+    return joined, _coalesced(sides)
+
+
+def _coalesced(sides: list[list[ColumnElement]]) -> list[ColumnElement]:
+    if len(sides) == 1:
+        return list(sides[0])
+    return [sa.func.coalesce(*column) for column in zip(*sides)]
+
+
+def _coalesced_on(sides: list[list[ColumnElement]], other: list[ColumnElement]) -> ColumnElement:
+    return sa.and_(*(k == o for k, o in zip(_coalesced(sides), other)))
+
+
+def run_diff(
+    conn: Connection, bound: BoundSpec, diff: DiffQuery, dialect: Dialect | None = None
+) -> Iterator[Finding]:
+    """Execute a diff query and turn each drifted row into findings.
+
+    With ``dialect``, a diff over whole tables (no ``only_keys``) runs under
+    the dialect's :meth:`~audit.dialects.Dialect.whole_table_settings`.
+    """
+    before, after = dialect.whole_table_settings() if dialect and diff.whole_tables else ([], [])
+    for statement in before:
+        _set(conn, statement)
     # Per statement: Connection.execution_options() would change the caller's connection.
     result = conn.execute(
         diff.select, execution_options={"stream_results": True, "yield_per": 2000}
@@ -139,6 +257,18 @@ def run_diff(conn: Connection, bound: BoundSpec, diff: DiffQuery) -> Iterator[Fi
         yield from _findings(conn, bound, diff, result)
     finally:
         result.close()
+    # Only on success: after a failure the audit ends, and a lost connection would only
+    # raise again here, hiding the first error.
+    for statement in after:
+        _set(conn, statement)
+
+
+def _set(conn: Connection, statement: str) -> None:
+    """A session setting (a plain cursor: the diff's own server-side cursor is per statement).
+
+    Through SQLAlchemy, so a failure is a DBAPIError that callers turn into a one-line error.
+    """
+    conn.exec_driver_sql(statement)
 
 
 def _findings(
@@ -168,10 +298,10 @@ def _findings(
     for row in result:
         m = row._mapping
         key = tuple(row[:n_keys])
-        _check_order(m, entity, bound)
         if any(k is None for k in key):
             null_key_seen = True
             continue
+        _check_order(m, entity, bound)
         if diff.has_dup and (m["dup"] or 0) > 1:
             if pending_dup and tuple(pending_dup[0][:n_keys]) != key:
                 yield from flush_dup()

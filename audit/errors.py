@@ -44,6 +44,10 @@ class AuditFolderError(DriftError):
     """An audit folder is missing, incomplete or corrupt."""
 
 
+class StateError(DriftError):
+    """The incremental-audit state file is unreadable, corrupt or cannot be written."""
+
+
 class PlanError(DriftError):
     """A remediation plan is invalid, or cannot be built or applied."""
 

@@ -1,9 +1,9 @@
 """Rebuilding expected state: each fold compiled to SQL with SQLAlchemy Core.
 
 For one entity, every stream it reads becomes one GROUP BY subquery keyed by
-the entity key (``k0``, ``k1``...), holding the sum/count/min/max columns, the
-stream's row count for the key (``n``, which also says "this stream explains
-the key") and the time of its last row. Each first/last column becomes a
+the entity key (``k0``, ``k1``...), holding the sum/count/min/max columns, a
+constant ``n`` (its presence says "this stream explains the key") and the
+time of its last row. Each first/last column becomes a
 window subquery that keeps the first or last row per key in ``order_by`` order.
 
 Semantics (also in docs/spec.md):
@@ -30,7 +30,8 @@ from sqlalchemy.sql.selectable import Subquery
 from audit.dialects import Dialect
 from audit.schema import BoundColumn, BoundEntity, BoundSpec, BoundStream
 
-KeyFilter = Sequence[tuple[Any, ...]]
+#: Keys to audit: a list of key tuples, or a SELECT returning the key columns.
+KeyFilter = Sequence[tuple[Any, ...]] | sa.Select
 
 
 @dataclass
@@ -43,6 +44,12 @@ class EntityFolds:
     tie_flags: dict[int, ColumnElement] = field(default_factory=dict)  # by column index
     null_order_flags: dict[str, ColumnElement] = field(default_factory=dict)  # by stream
     non_numeric_flags: dict[int, ColumnElement] = field(default_factory=dict)  # by column
+    last_event: dict[str, ColumnElement] = field(default_factory=dict)  # by stream
+
+    def joined_windows(self) -> list[tuple[int, Subquery]]:
+        """The window subqueries joined beside the aggregates (not those carrying them)."""
+        carriers = {id(a) for a in self.aggregates.values()}
+        return [(i, w) for i, w in self.windows.items() if id(w) not in carriers]
 
 
 def key_labels(n: int) -> list[str]:
@@ -51,9 +58,15 @@ def key_labels(n: int) -> list[str]:
 
 def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnElement:
     """``key IN (...)``: restricts an audit to some keys (verify, incremental)."""
+    if isinstance(keys, sa.Select):
+        return (key[0] if len(key) == 1 else sa.tuple_(*key)).in_(keys)
     if len(key) == 1:
         return key[0].in_([k[0] for k in keys])
     return sa.tuple_(*key).in_([tuple(k) for k in keys])
+
+
+#: ``n``: a key's row in a stream's aggregate says "this stream explains the key".
+_EXPLAINED = sa.literal_column("1").label("n")
 
 
 def _contributing(column: BoundColumn, expr: ColumnElement) -> ColumnElement:
@@ -62,37 +75,53 @@ def _contributing(column: BoundColumn, expr: ColumnElement) -> ColumnElement:
     return sa.case((column.where, expr))
 
 
+def _stream_aggregates(
+    stream: BoundStream,
+    columns: list[tuple[int, BoundColumn]],
+    first_last: bool,
+    with_time: bool,
+    dialect: Dialect,
+) -> list[tuple[Any, str]]:
+    """(aggregate function, label) pairs: the folds, ``bad``, ``t`` and ``null_order``."""
+    aggregates: list[tuple[Any, str]] = []
+    for index, column in columns:
+        fold = column.spec.fold
+        if fold == "count":
+            arg = column.value if column.value is not None else sa.literal_column("1")
+            aggregates.append((sa.func.count(_contributing(column, arg)), f"c{index}"))
+        else:
+            assert column.value is not None
+            func = getattr(sa.func, fold)
+            aggregates.append((func(_contributing(column, column.value)), f"c{index}"))
+            bad = dialect.non_numeric(column.value) if fold == "sum" else None
+            if bad is not None:
+                where = column.where if column.where is not None else sa.true()
+                flag = sa.case((sa.and_(bad, where), 1), else_=0)
+                aggregates.append((sa.func.sum(flag), f"bad{index}"))
+    if with_time and stream.time is not None:
+        aggregates.append((sa.func.max(stream.time), "t"))
+    if first_last and not stream.order_is_not_null:
+        nulls = sa.or_(*(o.is_(None) for o in stream.order_by))
+        aggregates.append((sa.func.sum(sa.case((nulls, 1), else_=0)), "null_order"))
+    return aggregates
+
+
 def _aggregate(
     stream: BoundStream,
     columns: list[tuple[int, BoundColumn]],
     first_last: bool,
     only_keys: KeyFilter | None,
     alias: str,
+    with_time: bool,
     dialect: Dialect,
 ) -> Subquery:
     labels = key_labels(len(stream.key))
     selected: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
-    for index, column in columns:
-        fold = column.spec.fold
-        if fold == "count":
-            arg = column.value if column.value is not None else sa.literal_column("1")
-            selected.append(sa.func.count(_contributing(column, arg)).label(f"c{index}"))
-        else:
-            func = getattr(sa.func, fold)
-            selected.append(func(_contributing(column, column.value)).label(f"c{index}"))
-            bad = dialect.non_numeric(column.value) if fold == "sum" else None
-            if bad is not None:
-                flag = sa.case(
-                    (sa.and_(bad, column.where if column.where is not None else sa.true()), 1),
-                    else_=0,
-                )
-                selected.append(sa.func.sum(flag).label(f"bad{index}"))
-    selected.append(sa.func.count().label("n"))
-    if stream.time is not None:
-        selected.append(sa.func.max(stream.time).label("t"))
-    if first_last:
-        nulls = sa.or_(*(o.is_(None) for o in stream.order_by))
-        selected.append(sa.func.sum(sa.case((nulls, 1), else_=0)).label("null_order"))
+    selected += [
+        func.label(lbl)
+        for func, lbl in _stream_aggregates(stream, columns, first_last, with_time, dialect)
+    ]
+    selected.append(_EXPLAINED)
     query = sa.select(*selected).select_from(stream.table).group_by(*stream.key)
     if only_keys is not None:
         query = query.where(key_filter_clause(stream.key, only_keys))
@@ -100,9 +129,20 @@ def _aggregate(
 
 
 def _window(
-    stream: BoundStream, index: int, column: BoundColumn, only_keys: KeyFilter | None
+    stream: BoundStream,
+    index: int,
+    column: BoundColumn,
+    only_keys: KeyFilter | None,
+    carried: list[tuple[Any, str]] | None = None,
+    alias: str | None = None,
 ) -> Subquery:
-    """The first or last contributing row per key, with a tie flag."""
+    """The first or last contributing row per key, with a tie flag.
+
+    The tie flag (a ``lead()`` over the same window) is left out when a unique
+    constraint within ``order_by`` already rules ties out. ``carried``
+    aggregates are computed over each key's whole partition in the same pass,
+    so a stream that needs a sort for this window is read once, not twice.
+    """
     labels = key_labels(len(stream.key))
     descending = column.spec.fold == "last"
     order = [o.desc() if descending else o.asc() for o in stream.order_by]
@@ -110,29 +150,67 @@ def _window(
     inner_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
     inner_cols.append(column.value.label("v"))
     inner_cols.append(sa.func.row_number().over(**window).label("rn"))
-    for i, o in enumerate(stream.order_by):
-        inner_cols.append(o.label(f"o{i}"))
-        inner_cols.append(sa.func.lead(o).over(**window).label(f"next{i}"))
+    check_ties = not stream.order_is_unique
+    if check_ties:
+        for i, o in enumerate(stream.order_by):
+            inner_cols.append(o.label(f"o{i}"))
+            inner_cols.append(sa.func.lead(o).over(**window).label(f"next{i}"))
+    for func, lbl in carried or []:
+        inner_cols.append(func.over(partition_by=list(stream.key)).label(lbl))
     inner = sa.select(*inner_cols).select_from(stream.table)
     if column.where is not None:
         inner = inner.where(column.where)
     if only_keys is not None:
         inner = inner.where(key_filter_clause(stream.key, only_keys))
     sub = inner.subquery(f"win{index}")
-    tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
-    outer = sa.select(
-        *(sub.c[lbl] for lbl in labels),
-        sub.c.v,
-        sa.case((tie, 1), else_=0).label("tie"),
-        sa.literal_column("1").label("hit"),
-    ).where(sub.c.rn == 1)
-    return outer.subquery(f"fl{index}")
+    outer_cols = [*(sub.c[lbl] for lbl in labels), sub.c.v]
+    if check_ties:
+        tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
+        outer_cols.append(sa.case((tie, 1), else_=0).label("tie"))
+    outer_cols.append(sa.literal_column("1").label("hit"))
+    if carried is not None:
+        outer_cols += [sub.c[lbl] for _, lbl in carried]
+        outer_cols.append(_EXPLAINED)
+    outer = sa.select(*outer_cols).where(sub.c.rn == 1)
+    return outer.subquery(alias or f"fl{index}")
+
+
+def _time_by_lookup(stream: BoundStream) -> bool:
+    """Look the last event time up per drifted key instead of aggregating it for every key.
+
+    Only when an index leads with the key (a lookup is cheap) and the key and
+    time are plain columns (so the lookup can use its own alias of the table).
+    """
+    return (
+        stream.time is not None
+        and stream.key_is_indexed
+        and isinstance(stream.time, sa.Column)
+        and all(isinstance(k, sa.Column) for k in stream.key)
+    )
+
+
+def _time_lookup(stream: BoundStream, agg: Subquery, position: int) -> ColumnElement:
+    """``(SELECT max(time) FROM stream WHERE key = agg.key)``, evaluated per output row."""
+    alias = stream.table.alias(f"tq{position}")
+    labels = key_labels(len(stream.key))
+    match = [alias.c[k.name] == agg.c[lbl] for k, lbl in zip(stream.key, labels)]  # type: ignore[attr-defined]
+    return (
+        sa.select(sa.func.max(alias.c[stream.time.name]))  # type: ignore[union-attr]
+        .where(*match)
+        .correlate_except(alias)
+        .scalar_subquery()
+    )
 
 
 def build_folds(
     bound: BoundSpec, entity: BoundEntity, only_keys: KeyFilter | None, dialect: Dialect
 ) -> EntityFolds:
-    """Compile every fold of an entity into subqueries."""
+    """Compile every fold of an entity into subqueries.
+
+    Per stream: one GROUP BY subquery, and one window subquery per first/last
+    column. When a first/last column has no ``where``, its window carries the
+    stream's aggregates instead (one pass over the stream, no GROUP BY).
+    """
     folds = EntityFolds()
     by_stream: dict[str, list[tuple[int, BoundColumn]]] = {}
     for index, column in enumerate(entity.columns):
@@ -140,22 +218,33 @@ def build_folds(
     for position, (stream_name, columns) in enumerate(by_stream.items()):
         stream = bound.streams[stream_name]
         aggregated = [(i, c) for i, c in columns if c.spec.fold not in ("first", "last")]
-        has_first_last = len(aggregated) != len(columns)
-        aggregate = _aggregate(
-            stream, aggregated, has_first_last, only_keys, f"agg{position}", dialect
-        )
-        folds.aggregates[stream_name] = aggregate
+        windowed = [(i, c) for i, c in columns if c.spec.fold in ("first", "last")]
+        lookup = _time_by_lookup(stream)
+        carrier = next(((i, c) for i, c in windowed if c.where is None), None)
+        if carrier is not None:
+            carried = _stream_aggregates(stream, aggregated, True, not lookup, dialect)
+            agg = _window(stream, carrier[0], carrier[1], only_keys, carried, f"agg{position}")
+            folds.windows[carrier[0]] = agg
+        else:
+            agg = _aggregate(
+                stream, aggregated, bool(windowed), only_keys, f"agg{position}", not lookup, dialect
+            )
+        folds.aggregates[stream_name] = agg
         for index, _column in aggregated:
-            if f"bad{index}" in aggregate.c:
-                folds.non_numeric_flags[index] = aggregate.c[f"bad{index}"]
-        if has_first_last:
-            folds.null_order_flags[stream_name] = folds.aggregates[stream_name].c.null_order
-        for index, column in columns:
-            if column.spec.fold in ("first", "last"):
+            if f"bad{index}" in agg.c:
+                folds.non_numeric_flags[index] = agg.c[f"bad{index}"]
+        if "null_order" in agg.c:
+            folds.null_order_flags[stream_name] = agg.c.null_order
+        if "t" in agg.c:
+            folds.last_event[stream_name] = agg.c.t
+        elif lookup:
+            folds.last_event[stream_name] = _time_lookup(stream, agg, position)
+        for index, column in windowed:
+            if index not in folds.windows:
                 folds.windows[index] = _window(stream, index, column, only_keys)
     for index, column in enumerate(entity.columns):
         folds.expected.append(_expected(folds, index, column))
-        if index in folds.windows:
+        if index in folds.windows and "tie" in folds.windows[index].c:
             folds.tie_flags[index] = folds.windows[index].c.tie
     return folds
 

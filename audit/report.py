@@ -157,7 +157,7 @@ class FindingRow:
 class EntityStats:
     name: str
     table: str
-    rows: int
+    rows: int | None
     drifted_rows: int
     findings: int
     by_kind: dict[str, int]
@@ -203,8 +203,8 @@ class Report:
     watermarks: tuple[dict[str, str], ...]
     plan: PlanInfo | None
     entities_audited: int
-    rows_audited: int
-    stream_rows: int
+    rows_audited: int | None  # None: an incremental audit counts no whole tables
+    stream_rows: int | None
     total: int
     drifted_rows: int
     by_kind: dict[str, int]
@@ -231,6 +231,15 @@ class Report:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _total(values: Any) -> int | None:
+    counts = [_count(v) for v in values]
+    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
 
 
 def _fix_first(summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -703,7 +712,7 @@ def build_report(
             EntityStats(
                 name=name,
                 table=str(meta.get("table", "")),
-                rows=int(entity_rows.get(name, 0)),
+                rows=_count(entity_rows.get(name, 0)),
                 drifted_rows=int(stats.get("drifted_rows", 0)),
                 findings=int(stats.get("total", 0)),
                 by_kind={k: int(v) for k, v in stats.get("by_kind", {}).items()},
@@ -731,7 +740,7 @@ def build_report(
             "stream": name,
             "order_by": ", ".join(str(o) for o in w.get("order_by", [])),
             "value": "—" if w.get("value") is None else to_json(w.get("value")),
-            "rows": f"{int(w.get('rows', 0)):,}",
+            "rows": "—" if w.get("rows") is None else f"{int(w['rows']):,}",
         }
         for name, w in summary.get("watermarks", {}).items()
     )
@@ -751,8 +760,8 @@ def build_report(
         watermarks=watermarks,
         plan=plan_info,
         entities_audited=len(summary.get("entities", {})),
-        rows_audited=sum(int(v) for v in entity_rows.values()),
-        stream_rows=sum(int(v) for v in stream_rows.values()),
+        rows_audited=_total(entity_rows.values()),
+        stream_rows=_total(stream_rows.values()),
         total=table.num_rows,
         drifted_rows=int(counts.get("drifted_rows", 0)),
         by_kind={k: by_kind[k] for k in kinds_present},

@@ -27,10 +27,11 @@ from audit.attribution import attribute, evidence_checks
 from audit.database import create_engine, database_errors, mask_url, redact, resolve_url
 from audit.dialects import get_dialect
 from audit.diff import build_diff, run_diff
-from audit.errors import DatabaseError, OutputError, SpecError
+from audit.errors import DatabaseError, DriftError, OutputError, SpecError
 from audit.evidence import collect_evidence
 from audit.export import write_findings_csv
 from audit.findings import FindingsWriter, iso
+from audit.incremental import DEFAULT_LOOKBACK, IncrementalState, Scope
 from audit.outbox import DEFAULT_STUCK_AFTER
 from audit.output import AuditFolder
 from audit.rebuild import KeyFilter
@@ -82,12 +83,18 @@ def run_audit(
     command: str | None = None,
     write_report: bool = True,
     stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
+    since_last: bool | str | Path = False,
+    lookback: dt.timedelta | None = None,
 ) -> AuditResult:
     """Audit the database described by ``spec`` and write an audit folder.
 
     ``db`` overrides the spec's URL (as ``--db`` does). ``only_keys`` restricts
     the audit to some keys per entity (used by verify). ``stuck_after`` is how
-    long an outbox message may stay unpublished (``--stuck-after``). Raises a
+    long an outbox message may stay unpublished (``--stuck-after``).
+    ``since_last`` makes it incremental (see :mod:`audit.incremental`): True
+    for the default state file beside the spec, or a state file path;
+    ``lookback`` overrides how far back it re-reads streams for late commits.
+    Raises a
     :class:`~audit.errors.DriftError` subclass on any problem, before anything
     is written.
     """
@@ -95,11 +102,15 @@ def run_audit(
     say = progress or (lambda _msg: None)
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    if since_last is not False and only_keys is not None:
+        raise DriftError("an audit is either incremental (since_last) or restricted (only_keys)")
     url, _ = resolve_url(db, spec.database_url, spec.base_dir)
+    # --- incremental audits (audit/incremental.py): read the state before anything runs
+    state = _incremental_state(spec, url, since_last, lookback)
     folder = AuditFolder.create(out)
     try:
         try:
-            summary = _audit(spec, url, folder, only_keys, say, started, stuck_after)
+            summary = _audit(spec, url, folder, only_keys, say, started, stuck_after, state)
         except SpecError as err:
             # Name the spec file, as parse errors do.
             raise SpecError(f"{spec.path.name}: {err}" if spec.path else str(err)) from None
@@ -132,7 +143,21 @@ def run_audit(
     except BaseException:
         folder.abandon()
         raise
+    if state is not None:
+        # Only a successful audit moves the marks forward.
+        state.record(summary["snapshot"]["taken_at"], summary["watermarks"])
     return AuditResult(out_dir=folder.path, summary=summary)
+
+
+def _incremental_state(
+    spec: Spec, url: URL, since_last: bool | str | Path, lookback: dt.timedelta | None
+) -> IncrementalState | None:
+    if since_last is False:
+        return None
+    path = None if since_last is True else Path(since_last)
+    return IncrementalState.open(
+        spec, url, path, DEFAULT_LOOKBACK if lookback is None else lookback
+    )
 
 
 def _audit(
@@ -143,8 +168,10 @@ def _audit(
     say: Progress,
     started: float,
     stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
+    state: IncrementalState | None = None,
 ) -> dict[str, Any]:
     timer = _Timer()
+    scope: Scope | None = None
     dialect = get_dialect(url.get_backend_name())
     if url.get_backend_name() == "sqlite":
         _require_sqlite_file(url)
@@ -169,13 +196,21 @@ def _audit(
             with database_errors(url, "audit failed"):
                 t = time.perf_counter()
                 say("reading stream watermarks")
+                if state is not None:
+                    scope = state.scope(conn, bound)
+                    if scope is not None:
+                        only_keys = scope.only_keys
+                # An incremental audit must not count whole tables.
+                count = scope is None
                 watermarks = {
-                    name: _watermark(conn, stream) for name, stream in bound.streams.items()
+                    name: _watermark(conn, stream, count) for name, stream in bound.streams.items()
                 }
                 entity_rows = {
                     name: conn.execute(
                         sa.select(sa.func.count()).select_from(entity.table)
                     ).scalar_one()
+                    if count
+                    else None
                     for name, entity in bound.entities.items()
                 }
                 timer.measure("watermarks", t)
@@ -188,11 +223,13 @@ def _audit(
                             f"{len(entity.spec.streams)} stream(s)) and diffing in the database"
                         )
                         keys = None if only_keys is None else only_keys.get(name, [])
-                        if keys is not None and not keys:
+                        if isinstance(keys, list | tuple) and not keys:
                             continue
                         diff = build_diff(bound, entity, dialect, keys)
                         # attribution: causes and evidence from job logs (audit/attribution.py)
-                        findings = attribute(conn, bound, entity, run_diff(conn, bound, diff))
+                        findings = attribute(
+                            conn, bound, entity, run_diff(conn, bound, diff, dialect)
+                        )
                         writer.add_all(findings)
                         timer.measure(f"entity:{name}", t)
                     # attribution: witnesses and outbox checks (audit/attribution.py)
@@ -237,6 +274,7 @@ def _audit(
         timer,
         only_keys,
         stuck_after,
+        scope,
     )
 
 
@@ -259,11 +297,16 @@ def _require_sqlite_file(url: URL) -> None:
         raise DatabaseError(f"SQLite database file not found: {database}")
 
 
-def _watermark(conn: Connection, stream: BoundStream) -> dict[str, Any]:
-    rows = conn.execute(sa.select(sa.func.count()).select_from(stream.table)).scalar_one()
+def _watermark(conn: Connection, stream: BoundStream, count: bool = True) -> dict[str, Any]:
+    rows = (
+        conn.execute(sa.select(sa.func.count()).select_from(stream.table)).scalar_one()
+        if count
+        else None
+    )
     top = conn.execute(
         sa.select(*stream.order_by)
         .select_from(stream.table)
+        .where(*(o.is_not(None) for o in stream.order_by))
         .order_by(*(o.desc() for o in stream.order_by))
         .limit(1)
     ).first()
@@ -293,6 +336,7 @@ def _summary(
     timer: _Timer,
     only_keys: Mapping[str, KeyFilter] | None,
     stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
+    scope: Scope | None = None,
 ) -> dict[str, Any]:
     counts = writer.counts()
     return {
@@ -302,7 +346,10 @@ def _summary(
         "spec": {"path": str(spec.path) if spec.path else None, "sha256": spec.sha256},
         "database": {"url": mask_url(url), "dialect": url.get_backend_name()},
         "snapshot": {"taken_at": iso(snapshot_at), "isolation": isolation},
-        "scope": "keys" if only_keys is not None else "full",
+        "scope": (
+            "incremental" if scope is not None else "keys" if only_keys is not None else "full"
+        ),
+        **({"incremental": scope.describe()} if scope is not None else {}),
         "watermarks": watermarks,
         "rows_scanned": {
             "entities": entity_rows,

@@ -36,6 +36,12 @@ class BoundStream:
     order_by: tuple[ColumnElement, ...]
     time: ColumnElement | None
     run_id: ColumnElement | None = None
+    #: A primary key or unique constraint lies within order_by: no two rows tie.
+    order_is_unique: bool = False
+    #: Every order_by entry is a NOT NULL column: no row has a NULL order.
+    order_is_not_null: bool = False
+    #: An index leads with the key columns: one key's rows are cheap to find.
+    key_is_indexed: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,19 +130,24 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     streams: dict[str, BoundStream] = {}
     for stream in spec.streams.values():
         table = reflect(f"{stream.section}.table", stream.table, stream.schema)
+        order_by = tuple(_resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by)
+        order_columns = tuple(o for o in order_by if isinstance(o, sa.Column))
+        key = tuple(_resolve(table, k, f"{stream.section}.key") for k in stream.key)
         streams[stream.name] = BoundStream(
             spec=stream,
             table=table,
-            key=tuple(_resolve(table, k, f"{stream.section}.key") for k in stream.key),
-            order_by=tuple(
-                _resolve(table, o, f"{stream.section}.order_by") for o in stream.order_by
-            ),
+            key=key,
+            order_by=order_by,
             time=_resolve(table, stream.time, f"{stream.section}.time") if stream.time else None,
             run_id=(
                 _resolve(table, stream.run_id, f"{stream.section}.run_id")
                 if stream.run_id
                 else None
             ),
+            order_is_unique=bool(order_columns) and _is_unique(inspector, table, order_columns),
+            order_is_not_null=len(order_columns) == len(order_by)
+            and not any(c.nullable for c in order_columns),
+            key_is_indexed=_leads_an_index(table, key),
         )
 
     entities: dict[str, BoundEntity] = {}
@@ -379,6 +390,16 @@ def _check_numeric_value(value: ColumnElement | None, column: Column) -> None:
             f"{column.section}.value: fold {column.fold!r} needs numbers, but column "
             f"{value.name!r} holds text ({value.type})"
         )
+
+
+def _leads_an_index(table: sa.Table, key: tuple[ColumnElement, ...]) -> bool:
+    """True when the key's plain columns are the leading columns of an index or the PK."""
+    if not all(isinstance(k, sa.Column) for k in key):
+        return False
+    names = {k.name for k in key}  # type: ignore[attr-defined]
+    leads = [[c.name for c in table.primary_key.columns]] if table.primary_key else []
+    leads += [[c.name for c in index.columns] for index in table.indexes]
+    return any(set(cols[: len(names)]) == names for cols in leads)
 
 
 def _is_unique(

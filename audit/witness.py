@@ -79,7 +79,7 @@ def _disagreements(
     def on(sub):  # type: ignore[no-untyped-def]
         return sa.and_(*(own.c[lbl] == sub.c[lbl] for lbl in labels))
 
-    for window in folds.windows.values():
+    for _, window in folds.joined_windows():  # a window carrying aggregates is joined above
         joined = joined.outerjoin(window, on(window))
     expected, claimed = folds.expected
     query = (

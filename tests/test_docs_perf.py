@@ -1,0 +1,58 @@
+"""docs/incremental.md and docs/benchmarks.md stay true to the code."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from audit.incremental import DEFAULT_LOOKBACK, STATE_FILE, STATE_VERSION
+from drift.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+INCREMENTAL = (ROOT / "docs" / "incremental.md").read_text()
+BENCHMARKS = (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_every_incremental_option_is_documented_with_its_default():
+    audit = typer.main.get_command(app).commands["audit"]  # type: ignore[attr-defined]
+    options = {
+        p.opts[0]: p for p in audit.params if p.opts[0] in ("--since-last", "--state", "--lookback")
+    }
+    assert set(options) == {"--since-last", "--state", "--lookback"}
+    for name in options:
+        assert f"`{name}" in INCREMENTAL, f"{name} is not in docs/incremental.md"
+    assert options["--lookback"].default == DEFAULT_LOOKBACK.total_seconds()
+    assert f"default {int(DEFAULT_LOOKBACK.total_seconds())})" in INCREMENTAL
+    assert f"`{STATE_FILE}`" in INCREMENTAL
+
+
+def test_the_state_file_example_has_the_written_shape():
+    (block,) = re.findall(r"```json\n(.*?)```", INCREMENTAL, flags=re.S)
+    example = json.loads(block)
+    assert example["version"] == STATE_VERSION
+    (entry,) = example["audits"].values()
+    for mark in entry["marks"]:
+        assert set(mark) == {"taken_at", "streams"}
+        dt.datetime.fromisoformat(mark["taken_at"])
+
+
+def test_every_figure_says_which_command_made_it():
+    sections = re.findall(r"<!-- bench:(\w+):(\w) -->\n(.*?)<!-- /bench", BENCHMARKS, re.S)
+    assert sections
+    for engine, scale, body in sections:
+        assert f"`python -m benchmarks.run --engine {engine} --scale {scale}" in body
+        assert "Machine:" in body
+
+
+def test_the_tuned_lower_bound_uses_the_audit_settings():
+    from audit.dialects import PostgresDialect
+    from benchmarks.contenders import PG_AUDIT_SETTINGS
+
+    before, _ = PostgresDialect().whole_table_settings()
+    audit = ["SET jit = off", *(s.replace("SET LOCAL", "SET") for s in before)]
+    assert list(PG_AUDIT_SETTINGS) == audit
+    assert "SET LOCAL jit = off" in Path(ROOT / "audit" / "dialects.py").read_text()

@@ -1,0 +1,152 @@
+"""The shape of the diff query per dialect, and that every shape gives the same findings.
+
+The speed work (docs/benchmarks.md) changed how the query is built: FULL OUTER
+JOIN on PostgreSQL and SQLite (a UNION of keys on MariaDB), a first/last window
+that carries its stream's aggregates, no tie check when order_by is unique, and
+the last event time looked up per drifted key when the stream key is indexed.
+These tests pin each choice to its condition and check that the findings,
+including ``last_event_at``, do not depend on it.
+"""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from audit import parse_spec, run_audit
+from audit.dialects import get_dialect
+from audit.diff import build_diff
+from audit.schema import bind_spec
+from tests.shop import ALL_COLUMNS, brief, load, spec_text
+
+EVENTS = [
+    {"k1": "a", "k2": 1, "v": 5, "s": "x", "t": "2026-01-01T00:00:01"},
+    {"k1": "a", "k2": 1, "v": 3, "s": "y", "t": "2026-01-01T00:00:02"},
+    {"k1": "a", "k2": 2, "v": 10, "s": "z", "t": "2026-01-01T00:00:03"},
+    {"k1": "b", "k2": 1, "v": 1, "s": "w", "t": "2026-01-01T00:00:04"},
+]
+# a1 drifted (total), a2 clean, b1 missing, c1 orphan.
+ROWS = [
+    {"k1": "a", "k2": 1, "total": 7, "cnt": 2, "lo": 3, "hi": 5, "first_s": "x", "last_s": "y"},
+    {"k1": "a", "k2": 2, "total": 10, "cnt": 1, "lo": 10, "hi": 10, "first_s": "z", "last_s": "z"},
+    {
+        "k1": "c",
+        "k2": 1,
+        "total": 0,
+        "cnt": 0,
+        "lo": None,
+        "hi": None,
+        "first_s": None,
+        "last_s": None,
+    },
+]
+LAST = '[entities.ent.columns.last_s]\nstream = "ev"\nfold = "last"\nvalue = "s"\n'
+LAST_WHERE = LAST + "where = \"s <> 'q'\"\n"
+
+
+def compiled(backend, columns: str, order_by: str = "id") -> str:
+    text = spec_text(backend.url, columns).replace(
+        'order_by = ["id"]', f'order_by = ["{order_by}"]'
+    )
+    spec = parse_spec(text)
+    with backend.engine.connect() as conn:
+        bound = bind_spec(spec, conn)
+    diff = build_diff(bound, bound.entities["ent"], get_dialect(backend.engine.dialect.name))
+    return str(diff.select.compile(backend.engine)).upper()
+
+
+def findings(backend, tmp_path, name):
+    spec = parse_spec(spec_text(backend.url, ALL_COLUMNS))
+    result = run_audit(spec, out=tmp_path / name, write_report=False)
+    rows = pq.read_table(result.findings_path).to_pylist()
+    return brief(rows), sorted((r["key"], r["column"] or "", r["last_event_at"]) for r in rows)
+
+
+def test_full_outer_join_where_the_engine_has_it(backend):
+    load(backend, EVENTS, ROWS)
+    sql = compiled(backend, ALL_COLUMNS)
+    if backend.name == "mysql":
+        assert "UNION" in sql and "FULL OUTER JOIN" not in sql
+    else:
+        assert "FULL OUTER JOIN" in sql and "UNION" not in sql
+        # Each stream is read once: the window carries the aggregates, no GROUP BY.
+        assert "GROUP BY" not in sql
+
+
+def test_a_filtered_window_keeps_its_own_group_by(backend):
+    load(backend, EVENTS, ROWS)
+    sql = compiled(backend, LAST_WHERE)
+    # MariaDB's UNION of keys names the aggregate twice (and computes it twice).
+    assert sql.count("GROUP BY") == (2 if backend.name == "mysql" else 1)
+    assert sql.count("ROW_NUMBER()") == 1
+
+
+def test_tie_check_only_when_order_by_is_not_unique(backend):
+    load(backend, EVENTS, ROWS)
+    assert "LEAD(" not in compiled(backend, LAST, order_by="id")
+    assert "LEAD(" in compiled(backend, LAST, order_by="t")
+
+
+def test_last_event_time_is_looked_up_only_with_an_index(backend, tmp_path):
+    load(backend, EVENTS, ROWS)
+    assert "MAX(TQ0.T)" not in compiled(backend, LAST)
+    without_index = findings(backend, tmp_path, "no-index")
+    with backend.engine.begin() as conn:
+        conn.execute(sa.text("CREATE INDEX ev_key ON ev (k1)"))
+    sql = compiled(backend, LAST)
+    # The index leads with k1 only, not the whole key: still aggregated.
+    assert "MAX(TQ0.T)" not in sql
+    with backend.engine.begin() as conn:
+        conn.execute(sa.text("CREATE INDEX ev_key2 ON ev (k1, k2, id)"))
+    assert "MAX(TQ0.T)" in compiled(backend, LAST)
+    with_index = findings(backend, tmp_path, "index")
+    assert with_index == without_index
+    b1 = (("cnt", 1), ("first_s", "w"), ("hi", 1), ("last_s", "w"), ("lo", 1), ("total", 1))
+    c1 = (
+        ("cnt", 0),
+        ("first_s", None),
+        ("hi", None),
+        ("last_s", None),
+        ("lo", None),
+        ("total", 0),
+    )
+    assert without_index[0] == {
+        (("a", 1), "total", "mismatch", 8, 7),
+        (("b", 1), None, "missing_row", b1, "ABSENT"),
+        (("c", 1), None, "orphan_row", "ABSENT", c1),
+    }
+    times = {(key, column): at for key, column, at in without_index[1]}
+    assert times[('["a",1]', "total")] == "2026-01-01T00:00:02"
+    assert times[('["b",1]', "")] == "2026-01-01T00:00:04"
+    assert times[('["c",1]', "")] is None
+
+
+def test_whole_table_settings_only_around_a_full_diff(backend, tmp_path, monkeypatch):
+    """PostgreSQL: no plain index scans while a full diff runs; incremental keeps them."""
+    import audit.diff
+
+    load(backend, EVENTS, ROWS)
+    spec = parse_spec(spec_text(backend.url, ALL_COLUMNS))
+    seen: list[str] = []
+    real = audit.diff._set
+
+    def spy(conn, statement):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+        real(conn, statement)
+
+    monkeypatch.setattr(audit.diff, "_set", spy)
+    full = run_audit(spec, out=tmp_path / "full", write_report=False, since_last=tmp_path / "s")
+    settings = list(seen)
+    seen.clear()
+    inc = run_audit(spec, out=tmp_path / "inc", write_report=False, since_last=tmp_path / "s")
+    assert (full.summary["scope"], inc.summary["scope"]) == ("full", "incremental")
+    assert seen == []
+    if backend.name == "postgresql":
+        assert settings == [
+            "SET LOCAL enable_indexscan = off",
+            "SET LOCAL enable_indexonlyscan = off",
+            "SET LOCAL enable_indexscan TO DEFAULT",
+            "SET LOCAL enable_indexonlyscan TO DEFAULT",
+        ]
+    else:
+        assert settings == []
