@@ -83,6 +83,42 @@ def command_line() -> str:
 
 # --------------------------------------------------------------------------- audit
 
+# Incremental audits (docs/incremental.md), shared by audit and check.
+SinceLast = Annotated[
+    bool,
+    typer.Option(
+        "--since-last",
+        help="Audit only the keys that stream rows touched since the previous "
+        "--since-last audit (the first one is a full audit).",
+    ),
+]
+StateFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--state", help="State file of --since-last (default: .drift-state.json beside the spec)."
+    ),
+]
+Lookback = Annotated[
+    float,
+    typer.Option(
+        "--lookback", min=0, help="Seconds of stream rows --since-last re-reads for late commits."
+    ),
+]
+
+
+def _incremental(since_last: bool, state: Path | None, lookback: float) -> dict[str, Any]:
+    """run_audit's incremental options from the command line's."""
+    import datetime as dt
+
+    from audit.errors import DriftError
+
+    if state is not None and not since_last:
+        raise DriftError("--state only applies to --since-last audits")
+    return {
+        "since_last": (state or True) if since_last else False,
+        "lookback": dt.timedelta(seconds=lookback),
+    }
+
 
 @app.command()
 def audit(
@@ -105,43 +141,17 @@ def audit(
             help="An outbox message unpublished for longer is stuck (e.g. 90s, 5m, 2h).",
         ),
     ] = "5m",
-    # --- incremental audits (docs/incremental.md)
-    since_last: Annotated[
-        bool,
-        typer.Option(
-            "--since-last",
-            help="Audit only the keys that stream rows touched since the previous "
-            "--since-last audit (the first one is a full audit).",
-        ),
-    ] = False,
-    state: Annotated[
-        Path | None,
-        typer.Option(
-            "--state",
-            help="State file of --since-last (default: .drift-state.json beside the spec).",
-        ),
-    ] = None,
-    lookback: Annotated[
-        float,
-        typer.Option(
-            "--lookback",
-            min=0,
-            help="Seconds of stream rows --since-last re-reads for late commits.",
-        ),
-    ] = 600.0,
+    since_last: SinceLast = False,
+    state: StateFile = None,
+    lookback: Lookback = 600.0,
 ) -> None:
     """Dry-run audit: rebuild expected state, diff it, write an audit folder.
 
     Never writes to the audited database. Exit 0 when nothing drifted, 1 when
     drift was found, 2 on errors.
     """
-    import datetime as dt
-
     from audit import run_audit
-    from audit.errors import DriftError
 
-    if state is not None and not since_last:
-        raise DriftError("--state only applies to --since-last audits")
     result = run_audit(
         config,
         db=db,
@@ -149,8 +159,7 @@ def audit(
         progress=progress,
         command=command_line(),
         stuck_after=_duration(stuck_after, "--stuck-after"),
-        since_last=(state or True) if since_last else False,
-        lookback=dt.timedelta(seconds=lookback),
+        **_incremental(since_last, state, lookback),
     )
     if format is Format.json:
         typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
@@ -307,6 +316,9 @@ def check(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Keep the audit folder here.")
     ] = None,
+    since_last: SinceLast = False,
+    state: StateFile = None,
+    lookback: Lookback = 600.0,
 ) -> None:
     """Drift alert: audit, then exit 1 when a threshold is crossed (0 otherwise, 2 on error).
 
@@ -322,7 +334,12 @@ def check(
     )
 
     result = run_check(
-        config, db=db, thresholds=Thresholds(max_rows, max_abs_delta), out=out, progress=progress
+        config,
+        db=db,
+        thresholds=Thresholds(max_rows, max_abs_delta),
+        out=out,
+        progress=progress,
+        audit_options=_incremental(since_last, state, lookback),
     )
     renderers = {
         CheckFormat.text: render_text,

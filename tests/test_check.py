@@ -123,3 +123,30 @@ def test_errors_exit_2_and_keep_the_audit_folder_on_request(capsys, shop, tmp_pa
     assert code == 2 and err.startswith("drift: spec file not found")
     code, _, _ = run(capsys, "check", "-c", str(shop.spec), "--out", str(tmp_path / "kept"))
     assert code == 1 and (tmp_path / "kept" / "report.html").is_file()
+
+
+def test_since_last_checks_only_what_changed(capsys, shop, tmp_path):
+    import sqlite3
+
+    spec = str(shop.spec)
+    # The first incremental check is a full audit: the demo's 5 drifted rows.
+    code, out, _ = run(capsys, "check", "-c", spec, "--since-last", "--max-rows", "5")
+    assert code == 0 and "5 drifted row(s)" in out
+    assert (shop.folder / ".drift-state.json").is_file()
+    # Nothing new since: nothing to check, nothing to page about.
+    code, out, _ = run(capsys, "check", "-c", spec, "--since-last")
+    assert (code, out.strip()) == (0, "drift check OK: 0 drifted row(s) (no findings)")
+    # A worker records a shipment but never updates the count: new drift on SKU-001 only.
+    db = sqlite3.connect(shop.database)
+    db.execute(
+        "INSERT INTO stock_events (sku, kind, qty, created_at) "
+        "VALUES ('SKU-001', 'shipped', 2, '2026-03-14T10:00:00Z')"
+    )
+    db.commit()
+    db.close()
+    code, out, _ = run(capsys, "check", "-c", spec, "--since-last", "--format", "json")
+    data = json.loads(out)
+    assert code == 1 and data["drifted_rows"] == 1
+    assert [(f["entity"], f["kind"]) for f in data["findings"]] == [("inventory", "mismatch")]
+    code, _, err = run(capsys, "check", "-c", spec, "--state", str(tmp_path / "s.json"))
+    assert code == 2 and err == "drift: --state only applies to --since-last audits\n"
