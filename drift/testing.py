@@ -35,6 +35,7 @@ from audit.run import run_audit
 from audit.spec import Spec
 
 Job = Callable[[str, int, int], Any]
+SHOW_PAIRS = 5  # race evidence lines per finding in a failure message
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,17 @@ def _evidence_lines(row: dict[str, Any]) -> list[str]:
         if data.get("why"):
             lines.append(f"    why: {data['why']}")
         runs = {r.get("id"): r for r in data.get("runs", []) if isinstance(r, dict)}
-        for pair in data.get("overlapping_runs", []):
+        pairs = data.get("overlapping_runs", [])
+        for pair in pairs[:SHOW_PAIRS]:
             described = [_run(runs.get(run_id), run_id) for run_id in pair]
             lines.append("    overlapping runs: " + " and ".join(described))
-        for run_id in data.get("retried_runs", []):
+        if len(pairs) > SHOW_PAIRS:
+            lines.append(f"    ... and {len(pairs) - SHOW_PAIRS} more overlapping pair(s)")
+        retried = data.get("retried_runs", [])
+        for run_id in retried[:SHOW_PAIRS]:
             lines.append(f"    retried run: {_run(runs.get(run_id), run_id)}")
+        if len(retried) > SHOW_PAIRS:
+            lines.append(f"    ... and {len(retried) - SHOW_PAIRS} more retried run(s)")
     return lines
 
 

@@ -53,6 +53,8 @@ def test_example_racy_job_fails_and_fixed_job_passes(tmp_path, engine):
     assert "1 failed, 1 passed" in out
     assert "FAILED test_ship_stock.py::test_racy_ship_stock_loses_updates" in out
     assert 'inventory ["SKU-1"] .on_hand: mismatch, expected 900, actual ' in out
+    # The spec has the job log: the failure names the racing runs.
+    assert "overlapping runs: #" in out and " ship_stock attempt 1 on w" in out
 
 
 def test_run_concurrently_reports_worker_errors(tmp_path):

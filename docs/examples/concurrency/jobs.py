@@ -60,7 +60,8 @@ def ship_fixed(url: str, worker: int, iteration: int) -> None:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+    ns = time.time_ns()  # one reading: seconds and fraction from the same instant
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
 def _start(url: str, worker: int) -> int:
