@@ -62,6 +62,11 @@ class Dialect:
         """
         return json_text(expr, path)
 
+    def json_invalid(self, column: ColumnElement) -> ColumnElement | None:
+        """True for a non-NULL value that is not well-formed JSON; None when the engine
+        itself raises an error on reading one (PostgreSQL)."""
+        return None
+
     def bytes_text(self, expr: ColumnElement) -> ColumnElement:
         """Binary data read as UTF-8 text (so JSON stored as bytes can be read)."""
         return bytes_text(expr)
@@ -123,6 +128,10 @@ class MySQLDialect(Dialect):
             # the utf8mb4 text are what "exact" means.
             a, b = _mysql_bytes(a), _mysql_bytes(b)
         return sa.not_(a.op("<=>", is_comparison=True)(b))
+
+    def json_invalid(self, column: ColumnElement) -> ColumnElement | None:
+        # JSON_EXTRACT reads malformed JSON as NULL, silently.
+        return sa.and_(column.is_not(None), sa.func.json_valid(column) == 0)
 
 
 def _unescape_column_name(inspector: Any, table: sa.Table, column_info: dict) -> None:
@@ -244,6 +253,10 @@ class SQLiteDialect(Dialect):
         if text:
             b = sa.collate(b, "BINARY")
         return a.is_distinct_from(b)
+
+    def json_invalid(self, column: ColumnElement) -> ColumnElement | None:
+        # json_extract raises on malformed JSON text, but reads a blob as NULL.
+        return sa.and_(column.is_not(None), sa.func.json_valid(column) == 0)
 
     def non_numeric(self, value: ColumnElement) -> ColumnElement | None:
         # SQLite's SUM reads 'abc' as 0: values must really be numbers.

@@ -12,7 +12,9 @@ A bare word that is not a column is reported as a missing column, with a
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -21,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit.database import describe_db_error
 from audit.dialects import get_dialect
-from audit.errors import DatabaseError, SpecError, did_you_mean
+from audit.errors import DatabaseError, DataError, SpecError, did_you_mean
 from audit.spec import Column, Entity, JobLog, JsonRef, Outbox, Ref, Spec, Stream, Witness
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
@@ -119,7 +121,14 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     """Reflect every table of the spec and resolve every name and expression."""
     inspector = sa.inspect(conn)
     metadata = sa.MetaData()
-    json = get_dialect(conn.dialect.name).json_text
+    dialect = get_dialect(conn.dialect.name)
+    json_columns: dict[tuple[int, str], tuple[sa.Column, str]] = {}
+
+    def json(column: sa.Column, path: tuple[str, ...], where: str = "") -> ColumnElement:
+        # Every JSON column a spec reads, checked for malformed values below.
+        json_columns.setdefault((id(column.table), column.name), (column, where))
+        return dialect.json_text(column, path)
+
     tables: dict[tuple[str | None, str], sa.Table] = {}
 
     def reflect(section: str, name: str, schema: str | None) -> sa.Table:
@@ -229,13 +238,30 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
         spec=spec, streams=streams, entities=entities, job_logs=job_logs, outboxes=outboxes
     )
     _check_expressions(bound, conn)
+    _check_json(conn, dialect, json_columns.values())
     return bound
+
+
+def _check_json(conn: Connection, dialect: Any, columns: Iterable[tuple[sa.Column, str]]) -> None:
+    """Malformed JSON would read as NULL on MariaDB (a silently wrong key): refuse it."""
+    for column, where in columns:
+        invalid = dialect.json_invalid(column)
+        if invalid is None:
+            continue  # the engine itself rejects malformed JSON when it reads it
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(column.table).where(invalid)
+        ).scalar_one()
+        if count:
+            raise DataError(
+                f"{where}: {count} row(s) of table {column.table.name!r} hold malformed JSON "
+                f"in column {column.name!r}"
+            )
 
 
 def _resolve_ref(table: sa.FromClause, ref: Ref, where: str, json) -> ColumnElement:  # type: ignore[no-untyped-def]
     """A column, an expression, or the text at a path inside a JSON column."""
     if isinstance(ref, JsonRef):
-        return json(_column(table, ref.column, f"{where}.json"), ref.path)
+        return json(_column(table, ref.column, f"{where}.json"), ref.path, where)
     return _resolve(table, ref, where)
 
 

@@ -341,3 +341,28 @@ finished_at = "finished_at"
     assert found[(1004, "n")]["cause"] == "lost_update"
     assert evidence["overlapping_runs"] == [[1, 2]]  # run 4's ' 1004' is another key
     assert evidence["lost_runs"] == [1]
+
+
+@pytest.mark.scenario("bad data: malformed JSON in a job log's key")
+def test_malformed_json_in_job_args_is_a_clear_error(backend, tmp_path):
+    """MariaDB would read it as NULL (no run matches, a wrong cause): every engine refuses."""
+    from audit.errors import DatabaseError, DataError
+
+    with backend.engine.begin() as conn:
+        build(conn)
+        conn.execute(runs.update().where(runs.c.id == 2).values(args='{"account": "A",'))
+    spec = parse_spec(
+        SPEC.replace("version = 1", f'version = 1\n[database]\nurl = "{backend.url}"')
+    )
+    with pytest.raises((DataError, DatabaseError)) as info:
+        run_audit(spec, out=tmp_path / "a", write_report=False)
+    message = str(info.value)
+    assert "\n" not in message
+    if backend.name == "postgresql":  # the engine itself refuses to read it
+        assert "invalid input syntax for type json" in message
+    else:
+        assert isinstance(info.value, DataError)
+        assert message == (
+            "job_logs.runs.key[0]: 1 row(s) of table 'runs' hold malformed JSON in column 'args'"
+        )
+    assert not (tmp_path / "a").exists()
