@@ -62,6 +62,14 @@ GUARANTEES = {
         "disk full while writing a plan: no half plan, old plan intact",
         "connection dropped mid-audit: one-line error, nothing written, retry works",
     ],
+    "bad data is refused or reported, never a wrong finding": [
+        "bad data: NULL keys reported per table",
+        "bad data: duplicate keys reported, never picked",
+        "bad data: text summed as numbers is a data error",
+        "bad data: decimals and huge numbers exact",
+        "bad data: timestamps with and without time zones",
+        "bad data: malformed JSON in a job log's key",
+    ],
     "values and names are never SQL or HTML": [
         "SQL metacharacters in keys and values: scripts, apply, rollback",
         "SQL metacharacters in table and column names: audit, plan, apply",
@@ -73,9 +81,9 @@ GUARANTEES = {
 }
 
 NOT_COVERED = [
-    "Malformed JSON in outbox payloads and job arguments read through `{ json = ... }` "
-    "references: PostgreSQL fails the audit with a database error (documented in "
-    "docs/attribution.md); the MariaDB and SQLite behaviour is not pinned by a scenario.",
+    "Malformed JSON is pinned for job-log keys (a one-line error on every engine); outbox "
+    "payloads read through `{ json = ... }` go through the same check but have no scenario "
+    "of their own.",
     "Plan consistency checks the scripts against plan.json, not plan.json's values against "
     "the audit (an edit of `before`/`after` together with matching `sql` before approval is "
     "caught only by the reviewer).",
