@@ -518,18 +518,9 @@ def apply(
     """Apply an approved plan: guarded, transactional, verified before commit."""
     from remediate.apply import apply_plan
 
-    result = apply_plan(
-        plan_path,
-        db,
-        dry_run=dry_run,
-        batch_size=batch_size,
-        lock_timeout=lock_timeout,
-        require=require,
-        target_override=target_override,
-        progress=progress,
+    _run_apply(
+        apply_plan, plan_path, db, dry_run, batch_size, lock_timeout, require, target_override
     )
-    typer.echo(_apply_text(result))
-    raise typer.Exit(1 if result.dry_run and result.guard_failures else 0)
 
 
 @app.command()
@@ -552,14 +543,17 @@ def verify(
             f"in {result.checked_keys} key(s)"
         )
     for f in result.remaining:
-        column = f".{f.column}" if f.column else ""
-        typer.echo(f"  {f.entity} {f.key_json}{column}: {f.kind}")
+        typer.echo(_finding_line(f))
     if result.manual:
         typer.echo(f"{len(result.manual)} finding(s) left to a person by manual actions:")
         for f in result.manual:
-            column = f".{f.column}" if f.column else ""
-            typer.echo(f"  {f.entity} {f.key_json}{column}: {f.kind}")
+            typer.echo(_finding_line(f))
     raise typer.Exit(0 if result.clean else 1)
+
+
+def _finding_line(f: Any) -> str:
+    column = f".{f.column}" if f.column else ""
+    return f"  {f.entity} {f.key_json}{column}: {f.kind}"
 
 
 @app.command()
@@ -575,7 +569,24 @@ def rollback(
     """Undo an applied plan (needs its own approval: drift approve PLAN --rollback)."""
     from remediate.apply import rollback_plan
 
-    result = rollback_plan(
+    _run_apply(
+        rollback_plan, plan_path, db, dry_run, batch_size, lock_timeout, require, target_override
+    )
+
+
+def _run_apply(
+    operation: Any,
+    plan_path: Path,
+    db: str,
+    dry_run: bool,
+    batch_size: int | None,
+    lock_timeout: float,
+    require: int,
+    target_override: str | None,
+) -> None:
+    """apply and rollback: call the API, print what changed; exit 1 when a dry run's guard
+    would fail."""
+    result = operation(
         plan_path,
         db,
         dry_run=dry_run,
