@@ -683,6 +683,88 @@ def attribute(
         yield from _attribute_batch(conn, bound, entity, job_logs, outboxes, batch, keys)
 
 
+def fetch_announced_states(
+    conn: Connection, outbox: BoundOutbox, column: str, keys: Sequence[Key]
+) -> dict[Key, list[dict[str, Any]]]:
+    """Per key, each message's announced stream row and the state its payload carries."""
+    lookup = {_norm(k, outbox.key_as_text): k for k in keys}
+    n = len(outbox.key)
+    query = (
+        sa.select(
+            *(k.label(f"k{i}") for i, k in enumerate(outbox.key)),
+            outbox.id.label("id"),
+            outbox.announces.label("announces"),
+            outbox.created_at.label("created_at"),
+            outbox.state[column].label("state"),
+        )
+        .select_from(outbox.table)
+        .where(key_filter_clause(outbox.key, list(lookup)))
+    )
+    if outbox.where is not None:
+        query = query.where(outbox.where)
+    found: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for row in conn.execute(query):
+        key = lookup.get(tuple(row[:n]))
+        if key is not None:
+            found[key].append(dict(row._mapping))
+    return found
+
+
+def payload_divergence(
+    column: BoundColumn, rows: Sequence[dict[str, Any]], messages: Sequence[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The first message whose announced state disagrees with the state rebuilt up to the
+    stream row it announces: where the current row stopped following the facts.
+
+    ``rows`` are the key's contributing stream rows in order (contributions for sum and
+    count, values otherwise); ``messages`` carry ``announces``, ``state`` and
+    ``created_at``. None when every announced state agrees (or none can be compared).
+    """
+    fold, initial = column.spec.fold, column.spec.initial
+    running: Any = (initial or 0) if fold in ("sum", "count") else initial
+    after: dict[str, Any] = {}
+    for position, row in enumerate(rows):
+        value = row["value"]
+        if fold in ("sum", "count"):
+            running = running + (_number(value) or 0)
+        elif fold == "last":
+            running = value
+        elif fold == "first":
+            running = value if position == 0 else running
+        elif value is not None:
+            better = min if fold == "min" else max
+            running = value if running is None else better(running, value)
+        after[str(row["order"][0])] = running
+    ordered = sorted(
+        (m for m in messages if str(m["announces"]) in after),
+        key=lambda m: (str(m["created_at"]), str(m["id"])),
+    )
+    for message in ordered:
+        rebuilt = after[str(message["announces"])]
+        announced = message["state"]
+        if _same_state(announced, rebuilt):
+            continue
+        return {
+            "first_divergence_at": iso(message["created_at"]),
+            "divergence": {
+                "message": message["id"],
+                "announces": message["announces"],
+                "announced_state": announced,
+                "rebuilt_state": rebuilt if rebuilt is None else str(rebuilt),
+            },
+        }
+    return None
+
+
+def _same_state(announced: Any, rebuilt: Any) -> bool:
+    if announced is None or rebuilt is None:
+        return announced is None and rebuilt is None
+    a, b = _number(announced), _number(rebuilt)
+    if a is not None and b is not None and not isinstance(rebuilt, str):
+        return a == b
+    return str(announced) == str(rebuilt)
+
+
 def _attribute_batch(
     conn: Connection,
     bound: BoundSpec,
@@ -721,6 +803,23 @@ def _attribute_batch(
                 exact[name] = False
         elif column.spec.fold in ("first", "last"):
             history[name] = fetch_stream_rows(conn, bound, column, col_keys, value=True)
+    # Outboxes whose payloads carry the column's state date the first divergence.
+    divergence: dict[tuple[str, Key], dict[str, Any]] = {}
+    for name, col_keys in by_column.items():
+        column = columns[name]
+        stating = [o for o in outboxes if name in o.state and o.spec.stream == column.spec.stream]
+        if not stating:
+            continue
+        contributions = fetch_stream_rows(
+            conn, bound, column, col_keys, value=column.spec.fold not in ("sum", "count")
+        )
+        for outbox in stating:
+            states = fetch_announced_states(conn, outbox, name, col_keys)
+            for key in col_keys:
+                found = payload_divergence(column, contributions.get(key, []), states.get(key, []))
+                if found is not None and (name, key) not in divergence:
+                    found["divergence"]["outbox"] = outbox.spec.name
+                    divergence[(name, key)] = found
 
     for finding in batch:
         key_runs = runs.get(finding.key, [])
@@ -760,6 +859,13 @@ def _attribute_batch(
                 verdict = _fallback(key_runs, pairs, retries, False, "the value")
         else:
             verdict = _fallback(key_runs, pairs, retries, False, "the row")
+        stated = divergence.get((finding.column or "", finding.key))
+        if stated is not None:
+            verdict = replace(
+                verdict,
+                first_divergence_at=stated["first_divergence_at"],
+                detail={**(verdict.detail or {}), "divergence": stated["divergence"]},
+            )
         yield replace(
             finding,
             cause=verdict.cause,

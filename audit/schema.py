@@ -106,6 +106,8 @@ class BoundOutbox:
     created_at: ColumnElement
     published_at: ColumnElement | None
     where: ColumnElement | None
+    #: Audited column -> the state a message's payload announces for it (as text).
+    state: dict[str, ColumnElement] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,14 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             created_at=ref(outbox.created_at, "created_at"),
             published_at=ref(outbox.published_at, "published_at"),
             where=ref(outbox.where, "where"),
+            state={
+                name: json(
+                    _column(table, str(outbox.payload), f"{outbox.section}.payload"),
+                    tuple(path.split(".")),
+                    f"{outbox.section}.state.{name}",
+                )
+                for name, path in outbox.state.items()
+            },
         )
     bound = BoundSpec(
         spec=spec, streams=streams, entities=entities, job_logs=job_logs, outboxes=outboxes

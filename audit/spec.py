@@ -168,6 +168,8 @@ class Outbox:
     published_at: str | None = None
     where: str | None = None
     schema: str | None = None
+    #: Audited column -> dotted path in the payload: the state each message announces.
+    state: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def section(self) -> str:
@@ -229,6 +231,7 @@ _JOB_LOG_KEYS = (
     "failed",
 )
 _OUTBOX_KEYS = (
+    "state",
     "table",
     "schema",
     "entity",
@@ -521,6 +524,24 @@ def _parse_outbox(
         raise SpecError(f"{where}.announces: missing")
     announces = _opt_ref(raw, "announces", where)
     assert announces is not None
+    state = _table(raw.get("state", {}), f"{where}.state")
+    if state and raw.get("payload") is None:
+        raise SpecError(f"{where}.state: needs payload (the JSON column that carries the state)")
+    for column, path in state.items():
+        if column not in entity.columns:
+            raise SpecError(
+                f"{where}.state.{column}: entity {entity.name!r} audits no column {column!r}"
+                + did_you_mean(column, entity.columns)
+            )
+        if entity.columns[column].stream != stream_name:
+            raise SpecError(
+                f"{where}.state.{column}: {column!r} is rebuilt from stream "
+                f"{entity.columns[column].stream!r}, not {stream_name!r}"
+            )
+        if not isinstance(path, str) or not path.strip():
+            raise SpecError(
+                f"{where}.state.{column}: must be a path in the payload, e.g. 'stock.on_hand'"
+            )
     return Outbox(
         name=name,
         table=_req_str(raw, "table", where),
@@ -535,6 +556,7 @@ def _parse_outbox(
         created_at=_req_str(raw, "created_at", where),
         published_at=_opt_str(raw, "published_at", where),
         where=_opt_str(raw, "where", where),
+        state=dict(state),
     )
 
 
