@@ -878,7 +878,7 @@ def evidence_checks(
     bound: BoundSpec,
     dialect: Dialect,
     snapshot_at: Any,
-    only_keys: Mapping[str, Sequence[Key]] | None,
+    only_keys: Mapping[str, Any] | None,
     stuck_after: dt.timedelta,
     say: Callable[[str], None],
 ) -> Iterator[Finding]:

@@ -155,7 +155,7 @@ def _current_side(
         keys = list(entity.key)
         is_present = sa.and_(*(k.is_not(None) for k in keys))
         present = sa.case((is_present, sa.literal_column("1")))
-        values = [c.target for c in entity.columns]
+        values: list[ColumnElement] = [c.target for c in entity.columns]
         return _Current(entity.table, keys, values, present, is_present, None)
     cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(entity.key, labels)]
     cols += [c.target.label(f"a{i}") for i, c in enumerate(entity.columns)]
@@ -212,7 +212,7 @@ def _full_join(
     sides: list[list[ColumnElement]] = []
     joined: FromClause | None = None
     for stream, agg in folds.aggregates.items():
-        agg_keys = [agg.c[lbl] for lbl in labels]
+        agg_keys: list[ColumnElement] = [agg.c[lbl] for lbl in labels]
         if joined is None:
             joined = agg
         else:

@@ -68,7 +68,7 @@ class Mark:
 class Scope:
     """What an incremental audit covers: the keys to audit, and from which marks."""
 
-    only_keys: dict[str, sa.Select]
+    only_keys: dict[str, sa.Select | sa.CompoundSelect]
     since: Mark
     latest: Mark
     lookback: dt.timedelta
@@ -138,7 +138,7 @@ class IncrementalState:
         horizon = latest.taken_at - self.lookback
         old_enough = [m for m in self.marks if m.taken_at <= horizon]
         since = old_enough[-1] if old_enough else self.marks[0]
-        only_keys: dict[str, sa.Select] = {}
+        only_keys: dict[str, sa.Select | sa.CompoundSelect] = {}
         for name, entity in bound.entities.items():
             selects = [
                 _touched(stream, since.streams.get(stream.spec.name))

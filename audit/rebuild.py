@@ -31,7 +31,7 @@ from audit.dialects import Dialect
 from audit.schema import BoundColumn, BoundEntity, BoundSpec, BoundStream
 
 #: Keys to audit: a list of key tuples, or a SELECT returning the key columns.
-KeyFilter = Sequence[tuple[Any, ...]] | sa.Select
+KeyFilter = Sequence[tuple[Any, ...]] | sa.Select | sa.CompoundSelect
 
 
 @dataclass
@@ -58,7 +58,7 @@ def key_labels(n: int) -> list[str]:
 
 def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnElement:
     """``key IN (...)``: restricts an audit to some keys (verify, incremental)."""
-    if isinstance(keys, sa.Select):
+    if isinstance(keys, (sa.Select, sa.CompoundSelect)):
         return (key[0] if len(key) == 1 else sa.tuple_(*key)).in_(keys)
     if len(key) == 1:
         return key[0].in_([k[0] for k in keys])
@@ -66,7 +66,7 @@ def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnEl
 
 
 #: ``n``: a key's row in a stream's aggregate says "this stream explains the key".
-_EXPLAINED = sa.literal_column("1").label("n")
+_EXPLAINED: ColumnElement = sa.literal_column("1").label("n")
 
 
 def _contributing(column: BoundColumn, expr: ColumnElement) -> ColumnElement:
@@ -146,8 +146,9 @@ def _window(
     labels = key_labels(len(stream.key))
     descending = column.spec.fold == "last"
     order = [o.desc() if descending else o.asc() for o in stream.order_by]
-    window = {"partition_by": list(stream.key), "order_by": order}
+    window: dict[str, Any] = {"partition_by": list(stream.key), "order_by": order}
     inner_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
+    assert column.value is not None, "first/last folds have a value"
     inner_cols.append(column.value.label("v"))
     inner_cols.append(sa.func.row_number().over(**window).label("rn"))
     check_ties = not stream.order_is_unique
@@ -163,7 +164,7 @@ def _window(
     if only_keys is not None:
         inner = inner.where(key_filter_clause(stream.key, only_keys))
     sub = inner.subquery(f"win{index}")
-    outer_cols = [*(sub.c[lbl] for lbl in labels), sub.c.v]
+    outer_cols: list[ColumnElement] = [*(sub.c[lbl] for lbl in labels), sub.c.v]
     if check_ties:
         tie = sa.and_(*(sub.c[f"o{i}"] == sub.c[f"next{i}"] for i in range(len(stream.order_by))))
         outer_cols.append(sa.case((tie, 1), else_=0).label("tie"))
@@ -254,7 +255,7 @@ def _expected(folds: EntityFolds, index: int, column: BoundColumn) -> ColumnElem
     initial = column.spec.initial
     if fold in ("sum", "count"):
         agg = folds.aggregates[column.spec.stream].c[f"c{index}"]
-        expr = sa.func.coalesce(agg, sa.literal_column("0"))
+        expr: ColumnElement = sa.func.coalesce(agg, sa.literal_column("0"))
         if initial:
             expr = expr + sa.literal(initial)
         return expr

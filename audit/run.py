@@ -331,7 +331,7 @@ def _summary(
     isolation: str,
     snapshot_at: Any,
     watermarks: dict[str, Any],
-    entity_rows: dict[str, int],
+    entity_rows: dict[str, int | None],
     writer: FindingsWriter,
     timer: _Timer,
     only_keys: Mapping[str, KeyFilter] | None,

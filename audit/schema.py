@@ -169,10 +169,10 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
         key_columns = plain if len(plain) == len(key) else None
         columns = []
         for column in entity.columns.values():
-            stream = streams[column.stream]
+            source = streams[column.stream]
             target = _column(table, column.name, column.section)
             value = (
-                _resolve(stream.table, column.value, f"{column.section}.value")
+                _resolve(source.table, column.value, f"{column.section}.value")
                 if column.value is not None
                 else None
             )
@@ -184,7 +184,7 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                     target=target,
                     value=value,
                     where=(
-                        _resolve(stream.table, column.where, f"{column.section}.where")
+                        _resolve(source.table, column.where, f"{column.section}.where")
                         if column.where
                         else None
                     ),
@@ -202,7 +202,9 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             key=key,
             key_columns=key_columns,
             columns=tuple(columns),
-            key_is_unique=bool(key_columns) and _is_unique(inspector, table, key_columns),
+            key_is_unique=key_columns is not None
+            and bool(key_columns)
+            and _is_unique(inspector, table, key_columns),
         )
     job_logs = {
         name: _bind_job_log(conn, job_log, reflect, json, entities[job_log.entity])
@@ -391,12 +393,12 @@ def _reflect(
 
 def _column(table: sa.FromClause, name: str, where: str) -> sa.Column:
     if name in table.c:
-        return table.c[name]
+        return table.c[name]  # type: ignore[return-value]  # a Table's columns are Columns
     folded = [c for c in table.c if c.name.lower() == name.lower()]
     if len(folded) == 1:
-        return folded[0]
+        return folded[0]  # type: ignore[return-value]
     raise SpecError(
-        f"{where}: column {name!r} not found in table {table.name!r}"
+        f"{where}: column {name!r} not found in table {getattr(table, 'name', table)!r}"
         + did_you_mean(name, [c.name for c in table.c])
     )
 
@@ -460,7 +462,7 @@ def _is_unique(
 
 def _check_expressions(bound: BoundSpec, conn: Connection) -> None:
     """Ask the database to plan each expression, so an error names its spec key."""
-    probes: list[tuple[str, sa.Table, ColumnElement]] = []
+    probes: list[tuple[str, sa.FromClause, ColumnElement]] = []
     for stream in bound.streams.values():
         section = stream.spec.section
         for i, expr in enumerate(stream.key):
