@@ -445,19 +445,7 @@ def fetch_runs(
             key = lookup.get(tuple(row[:n]))
             if key is None:  # a collation matched a key that is not exactly ours
                 continue
-            found[key].append(
-                Run(
-                    id=m["id"],
-                    job=str(m["job"]),
-                    worker=m["worker"],
-                    attempt=_int(m["attempt"]),
-                    status=m["status"],
-                    started_at=m["started_at"],
-                    finished_at=m["finished_at"],
-                    start=instant(m["started_at"]),
-                    finish=instant(m["finished_at"]),
-                )
-            )
+            found[key].append(_run_from(m))
     for runs in found.values():
         runs.sort(key=_run_order)
     return found
@@ -607,6 +595,21 @@ def fetch_messages(
     return found
 
 
+def _run_from(m: Any) -> Run:
+    """A Run from a row labelled id, job, worker, attempt, status, started_at, finished_at."""
+    return Run(
+        id=m["id"],
+        job=str(m["job"]),
+        worker=m["worker"],
+        attempt=_int(m["attempt"]),
+        status=m["status"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        start=instant(m["started_at"]),
+        finish=instant(m["finished_at"]),
+    )
+
+
 def fetch_runs_by_id(
     conn: Connection, job_logs: Sequence[BoundJobLog], run_ids: Iterable[Any]
 ) -> dict[str, Run]:
@@ -630,20 +633,7 @@ def fetch_runs_by_id(
         for chunk in range(0, len(ids), BATCH_KEYS):
             for row in conn.execute(query.where(job_log.id.in_(ids[chunk : chunk + BATCH_KEYS]))):
                 m = row._mapping
-                found.setdefault(
-                    str(m["id"]),
-                    Run(
-                        id=m["id"],
-                        job=str(m["job"]),
-                        worker=m["worker"],
-                        attempt=_int(m["attempt"]),
-                        status=m["status"],
-                        started_at=m["started_at"],
-                        finished_at=m["finished_at"],
-                        start=instant(m["started_at"]),
-                        finish=instant(m["finished_at"]),
-                    ),
-                )
+                found.setdefault(str(m["id"]), _run_from(m))
     return found
 
 

@@ -49,11 +49,16 @@ class CheckResult:
 
     @property
     def abs_delta_sum(self) -> float:
-        return sum(
-            stats["sum"]
-            for columns in self.summary["counts"].get("abs_delta", {}).values()
-            for stats in columns.values()
-        )
+        return abs_delta_sum(self.summary)
+
+
+def abs_delta_sum(summary: dict[str, Any]) -> float:
+    """Sum of |expected - actual| over every numeric finding of an audit."""
+    return sum(
+        stats["sum"]
+        for columns in summary["counts"].get("abs_delta", {}).values()
+        for stats in columns.values()
+    )
 
 
 def run_check(
@@ -112,12 +117,10 @@ def judge(
     rows = int(summary["counts"]["drifted_rows"])
     if rows > thresholds.max_rows:
         reasons.append(f"{rows} drifted row(s) > --max-rows {thresholds.max_rows}")
-    check = CheckResult(summary, thresholds, (), time.time(), series, out_dir)
-    if thresholds.max_abs_delta is not None and check.abs_delta_sum > thresholds.max_abs_delta:
-        reasons.append(
-            f"total |delta| {check.abs_delta_sum:g} > --max-abs-delta {thresholds.max_abs_delta:g}"
-        )
-    return CheckResult(summary, thresholds, tuple(reasons), check.finished_at, series, out_dir)
+    total = abs_delta_sum(summary)
+    if thresholds.max_abs_delta is not None and total > thresholds.max_abs_delta:
+        reasons.append(f"total |delta| {total:g} > --max-abs-delta {thresholds.max_abs_delta:g}")
+    return CheckResult(summary, thresholds, tuple(reasons), time.time(), series, out_dir)
 
 
 # --------------------------------------------------------------------------- renderings

@@ -89,7 +89,7 @@ outbox = sa.Table(
     sa.Column("published_at", sa.String(32)),
 )
 
-SPEC = """\
+CORE_SPEC = """\
 # drift spec for the demo shop: how each audited column is rebuilt.
 version = 1
 
@@ -127,7 +127,13 @@ key = ["order_id"]
 stream = "order_events"
 fold = "last"
 value = "new_status"
+"""
 
+# The witnesses: who ran what, when, and the outbox. SPEC is the demo's whole spec;
+# CORE_SPEC alone audits the same state without attribution.
+SPEC = (
+    CORE_SPEC
+    + """
 # The witnesses: who ran what, when (a run with a NULL key touches no row).
 [job_logs.stock_jobs]
 table = "job_runs"
@@ -165,6 +171,7 @@ payload = "payload"
 created_at = "created_at"
 published_at = "published_at"
 """
+)
 
 BASE_TIME = dt.datetime(2026, 3, 14, 9, 0, 0, tzinfo=dt.UTC)
 

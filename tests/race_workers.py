@@ -56,7 +56,7 @@ job_runs = sa.Table(
     sa.Column("finished_at", Stamp),
 )
 
-SPEC = """
+STREAM_SPEC = """
 version = 1
 
 [streams.counter_events]
@@ -73,7 +73,11 @@ key = ["k"]
 stream = "counter_events"
 fold = "sum"
 value = "delta"
+"""
 
+SPEC = (
+    STREAM_SPEC
+    + """
 [job_logs.runs]
 table = "job_runs"
 entity = "counters"
@@ -85,6 +89,7 @@ status = "status"
 started_at = "started_at"
 finished_at = "finished_at"
 """
+)
 
 
 def now() -> dt.datetime:

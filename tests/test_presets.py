@@ -38,24 +38,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 HERE = Path(__file__).parent / "queues"
 
-STREAM = """
-version = 1
-
-[streams.counter_events]
-table = "counter_events"
-key = ["k"]
-order_by = ["id"]
-run_id = "run_id"
-
-[entities.counters]
-table = "counters"
-key = ["k"]
-
-[entities.counters.columns.n]
-stream = "counter_events"
-fold = "sum"
-value = "delta"
-"""
+STREAM = rw.STREAM_SPEC
 
 
 @pytest.fixture
