@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from audit.errors import DriftError  # noqa: E402
-from audit.run import AuditResult, run_audit  # noqa: E402
-from audit.spec import Spec, load_spec, parse_spec  # noqa: E402
+if TYPE_CHECKING:
+    from audit.errors import DriftError
+    from audit.run import AuditResult, run_audit
+    from audit.spec import Spec, load_spec, parse_spec
+
+# The public API, imported on first use: `drift --version` or `drift approve` should not
+# pay for SQLAlchemy and pyarrow.
+_LAZY = {
+    "DriftError": "audit.errors",
+    "AuditResult": "audit.run",
+    "run_audit": "audit.run",
+    "Spec": "audit.spec",
+    "load_spec": "audit.spec",
+    "parse_spec": "audit.spec",
+}
 
 __all__ = [
     "AuditResult",
@@ -17,3 +31,14 @@ __all__ = [
     "parse_spec",
     "run_audit",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'audit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

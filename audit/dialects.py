@@ -8,6 +8,7 @@ values are compared exactly.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any, ClassVar
 
@@ -28,10 +29,22 @@ class Dialect:
     #: The diff FULL OUTER JOINs the sides instead of left-joining them to a
     #: UNION of their keys, which computes every aggregate twice.
     full_outer_join: ClassVar[bool] = False
+    #: Other connections can join an open snapshot (:meth:`export_snapshot`), so
+    #: entities can be diffed in parallel and still read one database state.
+    shares_snapshot: ClassVar[bool] = False
 
     def open_snapshot(self, conn: Connection) -> Connection:
         """Start a read-only transaction that sees one consistent snapshot."""
         raise NotImplementedError
+
+    def export_snapshot(self, conn: Connection) -> str:
+        """An id other connections pass to :meth:`join_snapshot` (while ``conn``'s
+        transaction stays open)."""
+        raise NotImplementedError(f"{self.name} cannot share a snapshot between connections")
+
+    def join_snapshot(self, conn: Connection, snapshot_id: str) -> Connection:
+        """Start a read-only transaction that sees the exported snapshot ``snapshot_id``."""
+        raise NotImplementedError(f"{self.name} cannot share a snapshot between connections")
 
     def snapshot_time(self, conn: Connection) -> object:
         """The database's clock at the start of the snapshot."""
@@ -72,10 +85,14 @@ class Dialect:
         return bytes_text(expr)
 
 
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]{1,64}")
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     snapshot_isolation = "REPEATABLE READ, READ ONLY"
     full_outer_join = True
+    shares_snapshot = True
 
     def open_snapshot(self, conn: Connection) -> Connection:
         conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
@@ -85,6 +102,20 @@ class PostgresDialect(Dialect):
         # JIT compiles each diff query for a fixed ~0.2 s, triggered by cost estimates
         # that the drift filter and per-drifted-key lookups overstate; measured at
         # 1M-10M stream rows it never paid back (docs/benchmarks.md).
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        return conn
+
+    def export_snapshot(self, conn: Connection) -> str:
+        # As pg_dump --jobs does: the id stays valid while this transaction is open.
+        return str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+
+    def join_snapshot(self, conn: Connection, snapshot_id: str) -> Connection:
+        if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+            raise DatabaseError(f"unexpected snapshot id from the server: {snapshot_id!r}")
+        conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        conn.begin()
+        # Must be the transaction's first statement (a utility command: no bind parameters).
+        conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
         conn.exec_driver_sql("SET LOCAL jit = off")
         return conn
 

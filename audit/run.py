@@ -13,8 +13,10 @@ read-only snapshot transaction that is rolled back at the end.
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,12 @@ from sqlalchemy.engine import URL, Connection, make_url
 from audit import __version__
 from audit.attribution import attribute, evidence_checks
 from audit.database import create_engine, database_errors, mask_url, redact, resolve_url
-from audit.dialects import get_dialect
+from audit.dialects import Dialect, get_dialect
 from audit.diff import build_diff, run_diff
 from audit.errors import DatabaseError, DriftError, OutputError, SpecError
 from audit.evidence import collect_evidence
 from audit.export import write_findings_csv
-from audit.findings import FindingsWriter, iso
+from audit.findings import Finding, FindingsWriter, iso
 from audit.incremental import DEFAULT_LOOKBACK, IncrementalState, Scope
 from audit.outbox import DEFAULT_STUCK_AFTER
 from audit.output import AuditFolder
@@ -85,6 +87,7 @@ def run_audit(
     stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
     since_last: bool | str | Path = False,
     lookback: dt.timedelta | None = None,
+    jobs: int = 1,
 ) -> AuditResult:
     """Audit the database described by ``spec`` and write an audit folder.
 
@@ -94,12 +97,16 @@ def run_audit(
     ``since_last`` makes it incremental (see :mod:`audit.incremental`): True
     for the default state file beside the spec, or a state file path;
     ``lookback`` overrides how far back it re-reads streams for late commits.
+    ``jobs`` > 1 diffs that many entities at once on PostgreSQL, each on its own
+    connection joined to the audit's snapshot (other databases diff one at a time).
     Raises a
     :class:`~audit.errors.DriftError` subclass on any problem, before anything
     is written.
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
+    if jobs < 1:
+        raise DriftError(f"jobs must be at least 1 (got {jobs})")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if since_last is not False and only_keys is not None:
@@ -110,7 +117,7 @@ def run_audit(
     folder = AuditFolder.create(out)
     try:
         try:
-            summary = _audit(spec, url, folder, only_keys, say, started, stuck_after, state)
+            summary = _audit(spec, url, folder, only_keys, say, started, stuck_after, state, jobs)
         except SpecError as err:
             # Name the spec file, as parse errors do.
             raise SpecError(f"{spec.path.name}: {err}" if spec.path else str(err)) from None
@@ -169,6 +176,7 @@ def _audit(
     started: float,
     stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
     state: IncrementalState | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     timer = _Timer()
     scope: Scope | None = None
@@ -216,22 +224,16 @@ def _audit(
                 timer.measure("watermarks", t)
                 writer = FindingsWriter(folder.staging / "findings.parquet")
                 try:
-                    for name, entity in bound.entities.items():
-                        t = time.perf_counter()
-                        say(
-                            f"rebuilding {name} ({len(entity.columns)} column(s) from "
-                            f"{len(entity.spec.streams)} stream(s)) and diffing in the database"
-                        )
-                        keys = None if only_keys is None else only_keys.get(name, [])
-                        if isinstance(keys, list | tuple) and not keys:
-                            continue
-                        diff = build_diff(bound, entity, dialect, keys)
-                        # attribution: causes and evidence from job logs (audit/attribution.py)
-                        findings = attribute(
-                            conn, bound, entity, run_diff(conn, bound, diff, dialect)
-                        )
-                        writer.add_all(findings)
-                        timer.measure(f"entity:{name}", t)
+                    diffs = _EntityDiffs(bound, dialect, only_keys, timer, say)
+                    if jobs > 1 and len(diffs.entities) > 1 and dialect.shares_snapshot:
+                        diffs.write_parallel(writer, conn, engine, url, jobs)
+                    else:
+                        if jobs > 1 and not dialect.shares_snapshot:
+                            say(
+                                f"--jobs {jobs}: {dialect.name} cannot share a snapshot between "
+                                "connections; diffing one entity at a time"
+                            )
+                        diffs.write_sequential(writer, conn)
                     # attribution: witnesses and outbox checks (audit/attribution.py)
                     t = time.perf_counter()
                     writer.add_all(
@@ -276,6 +278,107 @@ def _audit(
         stuck_after,
         scope,
     )
+
+
+class _EntityDiffs:
+    """Each entity's diff and attribution, one after another or in parallel."""
+
+    def __init__(
+        self,
+        bound: BoundSpec,
+        dialect: Dialect,
+        only_keys: Mapping[str, KeyFilter] | None,
+        timer: _Timer,
+        say: Progress,
+    ) -> None:
+        self.bound, self.dialect, self.timer, self.say = bound, dialect, timer, say
+        self.entities: dict[str, KeyFilter | None] = {}
+        for name in bound.entities:
+            keys = None if only_keys is None else only_keys.get(name, [])
+            if isinstance(keys, list | tuple) and not keys:
+                continue  # a restricted audit with no key of this entity
+            self.entities[name] = keys
+
+    def findings(self, conn: Connection, name: str) -> Iterator[Finding]:
+        entity = self.bound.entities[name]
+        self.say(
+            f"rebuilding {name} ({len(entity.columns)} column(s) from "
+            f"{len(entity.spec.streams)} stream(s)) and diffing in the database"
+        )
+        diff = build_diff(self.bound, entity, self.dialect, self.entities[name])
+        # attribution: causes and evidence from job logs (audit/attribution.py)
+        return attribute(conn, self.bound, entity, run_diff(conn, self.bound, diff, self.dialect))
+
+    def write_sequential(self, writer: FindingsWriter, conn: Connection) -> None:
+        for name in self.entities:
+            t = time.perf_counter()
+            writer.add_all(self.findings(conn, name))
+            self.timer.measure(f"entity:{name}", t)
+
+    def write_parallel(
+        self, writer: FindingsWriter, conn: Connection, engine: sa.Engine, url: URL, jobs: int
+    ) -> None:
+        """Diff ``jobs`` entities at once, each connection in the audit's snapshot.
+
+        Findings are collected per entity (memory follows the drift) and written
+        in spec order, so the folder is the same as a sequential audit's.
+        """
+        snapshot_id = self.dialect.export_snapshot(conn)
+        extra: list[Connection] = []
+        idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        idle.put(conn)
+        try:
+            for _ in range(min(jobs, len(self.entities)) - 1):
+                with database_errors(url, "cannot connect"):
+                    other = engine.connect()
+                extra.append(other)
+                idle.put(self.dialect.join_snapshot(other, snapshot_id))
+
+            def run(name: str) -> list[Finding]:
+                mine = idle.get()
+                try:
+                    t = time.perf_counter()
+                    found = list(self.findings(mine, name))
+                    self.timer.measure(f"entity:{name}", t)
+                    return found
+                finally:
+                    idle.put(mine)
+
+            pool = ThreadPoolExecutor(max_workers=len(extra) + 1, thread_name_prefix="drift-diff")
+            futures = {name: pool.submit(run, name) for name in self.entities}
+            try:
+                wait(futures.values(), return_when=FIRST_EXCEPTION)
+                for name in self.entities:
+                    writer.add_all(futures[name].result())
+            except BaseException:
+                # A failure or Ctrl-C: cancel the statements still running until every
+                # worker has stopped (a worker between statements would start another).
+                for future in futures.values():
+                    future.cancel()
+                while not all(f.done() for f in futures.values()):
+                    for other in [conn, *extra]:
+                        _cancel_query(other)
+                    wait(futures.values(), timeout=0.2)
+                raise
+            finally:
+                pool.shutdown(wait=True)
+        finally:
+            for other in extra:
+                try:
+                    other.rollback()
+                finally:
+                    other.close()
+
+
+def _cancel_query(conn: Connection) -> None:
+    """Ask the server to cancel the connection's running statement (thread-safe)."""
+    try:
+        raw = conn.connection.driver_connection
+        cancel = getattr(raw, "cancel", None)
+        if cancel is not None:
+            cancel()
+    except Exception:  # noqa: BLE001 - best effort: the error being raised matters more
+        pass
 
 
 def _password(raw_url: str | None) -> str | None:

@@ -28,7 +28,6 @@ from typing import Annotated, Any
 import typer
 
 from audit import __version__
-from audit.database import redact
 from audit.errors import DriftError
 
 app = typer.Typer(
@@ -46,6 +45,13 @@ _state: dict[str, Any] = {"debug": False, "quiet": False}
 class Format(StrEnum):
     text = "text"
     json = "json"
+
+
+def _redact(text: str, *secrets: str | None) -> str:
+    # Imported on use: audit.database brings SQLAlchemy, which --help does not need.
+    from audit.database import redact
+
+    return redact(text, *secrets)
 
 
 def _version(value: bool) -> None:
@@ -78,7 +84,7 @@ def progress(message: str) -> None:
 
 def command_line() -> str:
     """The command line as typed, with secrets masked (for the report's footer)."""
-    return redact(shlex.join(["drift", *sys.argv[1:]]), *_secrets(sys.argv[1:]))
+    return _redact(shlex.join(["drift", *sys.argv[1:]]), *_secrets(sys.argv[1:]))
 
 
 # --------------------------------------------------------------------------- audit
@@ -102,6 +108,17 @@ Lookback = Annotated[
     float,
     typer.Option(
         "--lookback", min=0, help="Seconds of stream rows --since-last re-reads for late commits."
+    ),
+]
+
+Jobs = Annotated[
+    int,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        help="Diff this many entities at once (PostgreSQL: parallel connections sharing "
+        "the audit's snapshot; other databases diff one at a time).",
     ),
 ]
 
@@ -144,6 +161,7 @@ def audit(
     since_last: SinceLast = False,
     state: StateFile = None,
     lookback: Lookback = 600.0,
+    jobs: Jobs = 1,
 ) -> None:
     """Dry-run audit: rebuild expected state, diff it, write an audit folder.
 
@@ -159,6 +177,7 @@ def audit(
         progress=progress,
         command=command_line(),
         stuck_after=_duration(stuck_after, "--stuck-after"),
+        jobs=jobs,
         **_incremental(since_last, state, lookback),
     )
     if format is Format.json:
@@ -319,6 +338,7 @@ def check(
     since_last: SinceLast = False,
     state: StateFile = None,
     lookback: Lookback = 600.0,
+    jobs: Jobs = 1,
 ) -> None:
     """Drift alert: audit, then exit 1 when a threshold is crossed (0 otherwise, 2 on error).
 
@@ -339,7 +359,7 @@ def check(
         thresholds=Thresholds(max_rows, max_abs_delta),
         out=out,
         progress=progress,
-        audit_options=_incremental(since_last, state, lookback),
+        audit_options={**_incremental(since_last, state, lookback), "jobs": jobs},
     )
     renderers = {
         CheckFormat.text: render_text,
@@ -605,12 +625,11 @@ def _run_apply(
 
 def _secrets(argv: list[str]) -> list[str]:
     """Passwords in URLs on the command line or in the environment."""
-    from sqlalchemy.engine import make_url
-
     found = []
     for text in [*argv, os.environ.get("DRIFT_DATABASE_URL", "")]:
         if "://" not in text:
             continue
+        from sqlalchemy.engine import make_url
         try:
             password = make_url(text.split("=", 1)[-1] if text.startswith("--") else text).password
         except Exception:  # noqa: BLE001 - not a URL, nothing to hide
@@ -631,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     except DriftError as err:
         if _state["debug"]:
             raise
-        typer.echo(f"drift: {redact(str(err), *secrets)}", err=True)
+        typer.echo(f"drift: {_redact(str(err), *secrets)}", err=True)
         return err.exit_code
     except KeyboardInterrupt:
         typer.echo("drift: interrupted", err=True)
@@ -651,11 +670,11 @@ def main(argv: list[str] | None = None) -> int:
             ctx = getattr(err, "ctx", None)
             if ctx is not None:
                 typer.echo(ctx.get_usage(), err=True)
-            typer.echo(f"drift: {redact(err.format_message(), *secrets)}", err=True)
+            typer.echo(f"drift: {_redact(err.format_message(), *secrets)}", err=True)
             return 2
         if _state["debug"]:
             raise
-        message = redact(f"{kind}: {err}", *secrets).splitlines()[0]
+        message = _redact(f"{kind}: {err}", *secrets).splitlines()[0]
         typer.echo(
             f"drift: internal error: {message} (rerun with --debug for the traceback)", err=True
         )
