@@ -223,7 +223,7 @@ ISO_TIME = (
     r"(?:19|2[01])\d\d-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,6})?)?(?:Z|[+-]\d\d:\d\d)?)?"
 )
 _ZONED = r"(?:Z|[+-]\d\d:\d\d)$"
-_ISO_TIME = re.compile(ISO_TIME)
+_ISO_TIME = re.compile(ISO_TIME, re.ASCII)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 
