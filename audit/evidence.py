@@ -29,14 +29,16 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from audit.findings import from_json, iso, key_to_json, to_json
+from audit.output import read_parquet
 from audit.ranking import RANK_COLUMNS, top_indices
 from audit.rebuild import key_filter_clause
 from audit.schema import BoundSpec, BoundStream
@@ -64,7 +66,7 @@ def drifted_keys(findings_path: Path, limit: int = EVIDENCE_KEYS) -> dict[str, l
 
     Null keys are left out: they name no entity row and no stream rows.
     """
-    table = pq.read_table(str(findings_path), columns=list(RANK_COLUMNS))
+    table = read_parquet(findings_path, columns=list(RANK_COLUMNS))
     top = table.take(top_indices(table, limit))
     keys: dict[str, dict[str, None]] = defaultdict(dict)
     for entity, key in zip(top["entity"].to_pylist(), top["key"].to_pylist()):
@@ -152,34 +154,54 @@ def _stream_rows(
         },
         ensure_ascii=False,
     )
-    names = [c.name for c in table.c]
+    source = f"stream:{stream.spec.name}"
+    # Positions in the result row: the table's columns first, then the labels.
+    width = len(table.c)
+    key_at = range(width, width + len(key_labels))
+    position_at = width + len(key_labels)
+    # The JSON object of a row, as to_json({name: value, ...}) writes it, with
+    # each column name encoded once rather than once per row.
+    prefixes = [to_json(c.name) + ":" for c in table.c]
     for record in conn.execute(query):
-        m = record._mapping
-        key = key_to_json([m[lbl] for lbl in key_labels])
+        key = key_to_json([record[i] for i in key_at])
         if key not in wanted:
             continue
         yield {
             "entity": entity,
             "key": key,
-            "source": f"stream:{stream.spec.name}",
-            "position": int(m[position]) - 1,
-            "at": iso(m[at]) if stream.time is not None else None,
-            "row": to_json({name: m[name] for name in names}),
+            "source": source,
+            "position": int(record[position_at]) - 1,
+            "at": iso(record[position_at + 1]) if stream.time is not None else None,
+            "row": "{" + ",".join([p + to_json(v) for p, v in zip(prefixes, record[:width])]) + "}",
             "roles": roles,
         }
 
 
-def read_evidence(folder: Path, keys: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict]]:
-    """Evidence rows for some (entity, key) pairs, grouped, newest first per source."""
+class EvidenceRow(NamedTuple):
+    """One row of evidence.parquet, as the report reads it."""
+
+    source: str
+    position: int
+    row: str | None  # the stream row, a JSON object
+    roles: str | None
+
+
+def read_evidence(
+    folder: Path, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], list[EvidenceRow]]:
+    """Evidence rows for some (entity, key) pairs, grouped, sorted by source, newest first."""
     path = folder / EVIDENCE
-    found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     if not path.is_file() or not keys:
-        return found
-    table = pq.read_table(str(path))
-    for row in table.to_pylist():
-        pair = (row["entity"], row["key"])
+        return {}
+    table = read_parquet(path, columns=["entity", "key", "source", "position", "row", "roles"])
+    wanted = pa.array(sorted({k for _, k in keys}), type=pa.string())
+    table = table.filter(pc.is_in(table["key"], value_set=wanted))
+    found: dict[tuple[str, str], list[EvidenceRow]] = {}
+    columns = [table[name].to_pylist() for name in table.column_names]
+    for entity, key, source, position, row, roles in zip(*columns):
+        pair = (entity, key)
         if pair in keys:
-            found[pair].append(row)
+            found.setdefault(pair, []).append(EvidenceRow(source, position, row, roles))
     for rows in found.values():
-        rows.sort(key=lambda r: (r["source"], r["position"]))
+        rows.sort(key=lambda r: (r.source, r.position))
     return found

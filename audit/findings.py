@@ -93,6 +93,15 @@ class Finding:
 
 def to_json(value: Any) -> str:
     """Exact JSON text for a database value (decimals keep all their digits)."""
+    # Evidence encodes every stream cell: the common types go through one dict
+    # lookup on their exact type; subclasses and the rest take the full chain.
+    encode = _ENCODE_EXACT.get(type(value))
+    if encode is not None:
+        return encode(value)
+    return _to_json_any(value)
+
+
+def _to_json_any(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -100,40 +109,85 @@ def to_json(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else json.dumps(str(value))
+        return _float_json(value)
     if isinstance(value, Decimal):
-        return format(value, "f") if value.is_finite() else json.dumps(str(value))
+        return _decimal_json(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _encode_str(value)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return json.dumps(value.isoformat())
+        return _encode_ascii(value.isoformat())
     if isinstance(value, dt.timedelta):
-        return json.dumps(str(value))
+        return _encode_ascii(str(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return json.dumps({"$base64": base64.b64encode(bytes(value)).decode("ascii")})
+        return _bytes_json(value)
     if isinstance(value, uuid.UUID):
-        return json.dumps(str(value))
+        return _encode_ascii(str(value))
     if isinstance(value, dict):
-        return (
-            "{"
-            + ",".join(
-                f"{json.dumps(str(k), ensure_ascii=False)}:{to_json(v)}" for k, v in value.items()
-            )
-            + "}"
-        )
+        return _dict_json(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(to_json(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)
+        return _list_json(value)
+    return _encode_str(str(value))
+
+
+# json.dumps(text, ensure_ascii=False) and json.dumps(text) on a str are exactly
+# these two encoders, without building a JSONEncoder per call.
+_encode_str = json.encoder.encode_basestring
+_encode_ascii = json.encoder.encode_basestring_ascii
+
+
+def _float_json(value: float) -> str:
+    return repr(value) if math.isfinite(value) else _encode_ascii(str(value))
+
+
+def _decimal_json(value: Decimal) -> str:
+    return format(value, "f") if value.is_finite() else _encode_ascii(str(value))
+
+
+def _bytes_json(value: bytes | bytearray | memoryview) -> str:
+    return '{"$base64": ' + _encode_ascii(base64.b64encode(bytes(value)).decode("ascii")) + "}"
+
+
+def _dict_json(value: dict) -> str:
+    return "{" + ",".join(f"{_encode_str(str(k))}:{to_json(v)}" for k, v in value.items()) + "}"
+
+
+def _list_json(value: list | tuple) -> str:
+    return "[" + ",".join([to_json(v) for v in value]) + "]"
+
+
+_ENCODE_EXACT: dict[type, Any] = {
+    type(None): lambda value: "null",
+    bool: lambda value: "true" if value else "false",
+    int: str,
+    float: _float_json,
+    Decimal: _decimal_json,
+    str: _encode_str,
+    dt.datetime: lambda value: _encode_ascii(value.isoformat()),
+    dt.date: lambda value: _encode_ascii(value.isoformat()),
+    dt.time: lambda value: _encode_ascii(value.isoformat()),
+    dt.timedelta: lambda value: _encode_ascii(str(value)),
+    bytes: _bytes_json,
+    uuid.UUID: lambda value: _encode_ascii(str(value)),
+    dict: _dict_json,
+    list: _list_json,
+    tuple: _list_json,
+}
 
 
 def key_to_json(key: Iterable[Any]) -> str:
-    return "[" + ",".join(to_json(v) for v in key) + "]"
+    return "[" + ",".join([to_json(v) for v in key]) + "]"
+
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
 def from_json(text: str | None) -> Any:
     """Parse JSON text written by :func:`to_json`, decimals as Decimal."""
     if text is None:
         return ABSENT
+    if type(text) is str and not text.startswith("\ufeff"):
+        # json.loads(text, parse_float=Decimal) builds this decoder on every call.
+        return _DECODER.decode(text)
     return json.loads(text, parse_float=Decimal)
 
 

@@ -8,6 +8,7 @@ entity, key and column for a stable tie-break.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,7 +32,7 @@ def top_indices(table: pa.Table, limit: int) -> pa.Array:
             "entity": table["entity"],
             "key": table["key"],
             "column": pc.fill_null(table["column"], ""),
-            "position": pa.array(range(table.num_rows), type=pa.int64()),
+            "position": pa.array(np.arange(table.num_rows, dtype=np.int64)),
         }
     )
     keys = [

@@ -65,6 +65,8 @@ def build_folder(folder: Path, n: int, seed: int = 1) -> None:
             "delta": pa.array(np.where(mismatch, delta.astype(float), np.nan), from_pandas=True),
             "last_event_at": pa.array(np.where(kinds == "orphan_row", None, times)),
             "extra": pa.nulls(n, pa.string()),
+            "cause": pa.nulls(n, pa.string()),
+            "evidence": pa.nulls(n, pa.string()),
         },
         schema=FINDINGS_SCHEMA,
     )

@@ -191,3 +191,93 @@ def hostile_folder(folder: Path) -> Path:
         database={"url": f"postgresql://u:hunter2@h/{HOSTILE[1]}", "dialect": HOSTILE[0]},
         watermarks={HOSTILE[0]: {"order_by": [HOSTILE[1]], "value": [HOSTILE[2]], "rows": 3}},
     )
+
+
+def edge_folder(folder: Path) -> Path:
+    """Values at the edges of what a cell shows: clipped text, SQL NULL, exact numbers,
+    nested and binary values, rows that are not objects, ragged columns, broken roles,
+    two streams for one key, and a key whose evidence another finding shows."""
+    from decimal import Decimal
+
+    long_text = "x" * 299 + "<é>" + "y" * 50  # clipped at 300, the markup straddles the cut
+    findings = [
+        Finding("acct", ("A",), "mismatch", "note", long_text, None, None, "2026-03-14T09:00:00Z"),
+        Finding(
+            "acct",
+            ("A",),
+            "mismatch",
+            "bal",
+            Decimal("12345678901234567890.125"),
+            Decimal("0.5"),
+            1.2345678901234567e19,
+            "2026-03-14T09:00:01Z",
+        ),
+        Finding("acct", ("B", 2), "missing_row", expected={"bal": 1, "note": "<b>"}),
+        Finding("acct", ("C",), "orphan_row", actual={"bal": None, "note": "x" * 400}),
+        Finding("acct", ("D",), "mismatch", "bal", 1.5, True, 0.5, None),
+        Finding("acct", (None,), "null_key", actual={"rows": 2}, extra={"rows": 2}),
+    ]
+    stream_rows: list[dict[str, Any]] = [
+        {"id": 9, "sku": "A", "qty": Decimal("-0.000000000000000001"), "memo": None},
+        {"id": 8, "sku": "A", "qty": 10**30, "memo": long_text, "tags": ["<a>", {"b": None}]},
+        {"id": 7, "sku": "A", "qty": 2.5, "memo": b"\x00\xffbin", "flag": False},
+        {"id": 6, "sku": "A", "qty": float("nan"), "memo": "x" * 300},
+    ]
+    evidence = [evidence_row("acct", '["A"]', p, r) for p, r in enumerate(stream_rows)]
+    evidence.append({**evidence_row("acct", '["A"]', 4, {}), "row": '["not", "an object"]'})
+    evidence.append(
+        {
+            **evidence_row("acct", '["A"]', 0, {"id": 1, "sku": "A", "created_at": None}),
+            "source": "stream:orders",
+            "roles": "{broken",
+        }
+    )
+    evidence.append(
+        {
+            **evidence_row("acct", '["B",2]', 0, {"id": 3, "sku": "B"}),
+            "roles": json.dumps({"key": ["sku", "id"], "order_by": ["id"], "time": None}),
+        }
+    )
+    lost = {
+        "first_divergence_at": "2026-03-14T08:00:00Z",
+        "runs": [
+            {"id": 1, "job": "j", "started_at": "2026-03-14T08:00:00Z", "finished_at": None},
+            {"id": 2, "job": "j", "started_at": "not a time", "finished_at": ""},
+        ],
+        "outbox": [{"id": 1, "payload": {"n": 1.5, "s": "<i>"}}, {"other": long_text}],
+        "why": long_text,
+    }
+    return make_folder(
+        folder,
+        findings,
+        {"acct": ["note", "bal"]},
+        attribution=[("lost_update", lost), ("unknown", None), (None, {"why": 3})]
+        + [(None, None)] * 3,
+        evidence=evidence,
+        plan={
+            "plan_id": "p",
+            "created_at": "2026-03-14T11:00:00Z",
+            "actions": [
+                {
+                    "entity": "acct",
+                    "key": '["A"]',
+                    "column": "note",
+                    "kind": "mismatch",
+                    "mode": "cas",
+                    "before": None,
+                    "after": long_text,
+                    "sql": "UPDATE acct SET note = '…' WHERE id = 'A'",
+                },
+                {
+                    "entity": "acct",
+                    "key": '["B",2]',
+                    "column": None,
+                    "kind": "missing_row",
+                    "mode": "insert",
+                    "before": None,
+                    "after": {"bal": 1, "note": "<b>"},
+                    "sql": ["INSERT INTO acct VALUES ('B', 2)", "-- second"],
+                },
+            ],
+        },
+    )

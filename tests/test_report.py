@@ -15,8 +15,19 @@ import pytest
 
 from audit import run_audit
 from audit.charts import delta_bins, time_bins
+from audit.errors import AuditFolderError
 from audit.findings import Finding, key_to_json
-from audit.report import build_report, render_report, safe_json
+from audit.report import (
+    Cell,
+    build_report,
+    cell_html,
+    clip,
+    render_html,
+    render_report,
+    rows_html,
+    safe_json,
+    value_cell,
+)
 from drift.cli import main
 from drift.demo import build_demo
 from tests.htmltree import Node, parse
@@ -502,3 +513,45 @@ def test_report_of_a_clean_audit_and_of_null_keys_only(tmp_path):
     (body,) = visible_findings(doc)
     assert "NULL key belong to no entity" in body.text
     assert not doc.find_all(id="chart-time")
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def test_cells_are_escaped_once_in_python():
+    rows = [(Cell("<b>&\"'x"), Cell("NULL", null=True, full_length=4), clip("<" * 400), Cell("?"))]
+    assert str(rows_html(rows)) == (
+        '<tr><td>&lt;b&gt;&amp;&#34;&#39;x</td><td><span class="null">NULL</span></td>'
+        f'<td>{"&lt;" * 300}… <span class="clipped">(400 chars)</span></td><td>?</td></tr>\n'
+    )
+    assert str(rows_html([])) == ""
+    # Already-escaped looking text is text: escaped again, never trusted.
+    assert str(cell_html(Cell("&lt;b&gt;"))) == "&amp;lt;b&amp;gt;"
+    assert str(cell_html(value_cell(None))) == '<span class="null">NULL</span>'
+
+
+def test_the_collector_is_paused_only_while_rendering(tmp_path, monkeypatch):
+    import gc
+
+    folder = make_folder(tmp_path / "gc", _plan_findings(), {"inventory": ["on_hand"]})
+    seen = []
+    real = render_html
+
+    def spy(report):
+        seen.append(gc.isenabled())
+        return real(report)
+
+    monkeypatch.setattr("audit.report.render_html", spy)
+    assert gc.isenabled()
+    render_report(folder)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        render_report(folder)
+        assert not gc.isenabled()  # a caller's choice is left alone
+    finally:
+        gc.enable()
+    (folder / "findings.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(AuditFolderError):
+        render_report(folder)
+    assert gc.isenabled()
