@@ -154,13 +154,12 @@ def rollback_step(action: Action) -> Step:
 
 
 def _undo(step: Step) -> Step:
+    head = (step.action_id, step.entity, step.key)
     if step.op == "delta":
-        return replace(step, value=-step.value)
+        return Step(*head, "delta", step.column, value=-step.value)
     if step.op == "cas":
-        return replace(step, value=step.observed, observed=step.value)
-    if step.op == "insert":
-        return replace(step, op="delete")
-    return replace(step, op="insert")
+        return Step(*head, "cas", step.column, value=step.observed, observed=step.value)
+    return Step(*head, "delete" if step.op == "insert" else "insert", row=step.row)
 
 
 # json.loads(text, parse_float=Decimal) builds a decoder per call; this one is built once.
@@ -276,19 +275,21 @@ def _plan_finding(
 ) -> Action:
     kind = row["kind"]
     expected, actual = _from_json(row["expected"]), _from_json(row["actual"])
-    base = Action(
-        id=action_id,
-        entity=entity,
-        key=row["key"],
-        column=row["column"],
-        kind=kind,
-        mode="manual",
-        before=None if actual is ABSENT else actual,
-        after=None if expected is ABSENT else expected,
-    )
+    fields: dict[str, Any] = {
+        "id": action_id,
+        "entity": entity,
+        "key": row["key"],
+        "column": row["column"],
+        "kind": kind,
+        "before": None if actual is ABSENT else actual,
+        "after": None if expected is ABSENT else expected,
+    }
+
+    def planned(mode: str, **changes: Any) -> Action:
+        return Action(**(fields | changes), mode=mode)
 
     def manual(reason: str) -> Action:
-        return replace(base, mode="manual", manual_reason=reason)
+        return planned("manual", manual_reason=reason)
 
     if kind in EVIDENCE_REASONS:
         return manual(EVIDENCE_REASONS[kind])
@@ -316,9 +317,9 @@ def _plan_finding(
         )
         if mode == "delta" and not (_numeric(actual) and _numeric(expected)):
             mode = "cas"  # NULL + correction is NULL: only an exact set works
-        return replace(base, mode=mode)
+        return planned(mode)
     if kind == MISSING_ROW:
-        values = dict(zip(info["key"], base.key_values)) | dict(expected)
+        values = dict(zip(info["key"], _from_json(row["key"]))) | dict(expected)
         unknown = [
             c["name"]
             for c in info["columns"]
@@ -332,7 +333,7 @@ def _plan_finding(
         bad = [n for n in values if columns[n]["family"] not in FAMILIES]
         if bad:
             return manual(f"cannot insert: column(s) {', '.join(bad)} cannot be rendered")
-        return replace(base, mode="insert", after=values)
+        return planned("insert", after=values)
     if kind == ORPHAN_ROW:
         if not options.delete_orphans:
             return manual("orphan rows are deleted only when planned with --delete-orphans")
@@ -342,7 +343,7 @@ def _plan_finding(
         bad = [n for n in full if columns[n]["family"] not in FAMILIES]
         if bad:
             return manual(f"cannot guard a delete on column(s) {', '.join(bad)}")
-        return replace(base, mode="delete", before=full)
+        return planned("delete", before=full)
     return manual(f"unknown finding kind {kind!r}")
 
 
