@@ -152,6 +152,7 @@ class _Run:
     bound: BoundSpec | None = None
     database: str = ""
     _temp_names: Iterator[int] = field(default_factory=itertools.count)
+    _tables: dict[str, tuple[sa.Table, list[str], dict[str, str]]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- refusals
 
@@ -399,6 +400,11 @@ class _Run:
             )
 
     def _live_table(self, entity: str) -> tuple[sa.Table, list[str], dict[str, str]]:
+        if entity not in self._tables:
+            self._tables[entity] = self._make_live_table(entity)
+        return self._tables[entity]
+
+    def _make_live_table(self, entity: str) -> tuple[sa.Table, list[str], dict[str, str]]:
         assert self.bound is not None
         table = self.bound.entities[entity].table
         families = {c.name: type_family(c.type) for c in table.columns}
