@@ -351,7 +351,7 @@ class PostgresScript(ScriptDialect):
     def sa_dialect(self) -> sa.engine.Dialect:
         # The named paramstyle keeps "%" in literals as is (pyformat would double it).
         dialect = postgresql.psycopg.dialect(paramstyle="named")
-        dialect.statement_compiler = _PostgresScriptCompiler
+        dialect.statement_compiler = _PostgresSlotCompiler
         return dialect
 
     def prologue(self) -> list[str]:
@@ -580,7 +580,7 @@ class _MySQLScriptCompiler(mysql.base.MySQLCompiler):
         return text
 
 
-class _PostgresScriptCompiler(_SlotRendering, postgresql.psycopg.PGCompiler_psycopg):
+class _PostgresSlotCompiler(_SlotRendering, postgresql.psycopg.PGCompiler_psycopg):
     pass
 
 
