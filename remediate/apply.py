@@ -35,9 +35,9 @@ from remediate.history import APPLIED, FIX, IN_PROGRESS, ROLLBACK, History
 from remediate.plan import (
     Action,
     Plan,
+    check_scripts,
     fix_step,
     iter_keys,
-    load_checked_plan,
     load_plan,
     plan_dir,
     plan_sha256,
@@ -89,7 +89,7 @@ def apply_plan(
     loaded = load_plan(folder)
     sha = plan_sha256(folder)
     approvals = [] if dry_run else check_approvals(folder, require, purpose=operation)
-    load_checked_plan(folder)  # the scripts a person reviewed are this plan's renderings
+    check_scripts(folder, loaded)  # the scripts a person reviewed are this plan's renderings
     spec = load_spec(spec_path(folder))
     if spec.sha256 != loaded.spec_sha256:
         raise RefusedError("refused: the audit's drift.toml changed since the plan was made")
@@ -152,6 +152,7 @@ class _Run:
     bound: BoundSpec | None = None
     database: str = ""
     _temp_names: Iterator[int] = field(default_factory=itertools.count)
+    _tables: dict[str, tuple[sa.Table, list[str], dict[str, str]]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- refusals
 
@@ -399,6 +400,11 @@ class _Run:
             )
 
     def _live_table(self, entity: str) -> tuple[sa.Table, list[str], dict[str, str]]:
+        if entity not in self._tables:
+            self._tables[entity] = self._make_live_table(entity)
+        return self._tables[entity]
+
+    def _make_live_table(self, entity: str) -> tuple[sa.Table, list[str], dict[str, str]]:
         assert self.bound is not None
         table = self.bound.entities[entity].table
         families = {c.name: type_family(c.type) for c in table.columns}

@@ -27,9 +27,10 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,12 @@ from audit.findings import (
     MISSING_ROW,
     NULL_KEY,
     ORPHAN_ROW,
-    from_json,
     read_findings,
     to_json,
 )
 from audit.output import FINDINGS, SPEC_COPY, read_summary
 from audit.templating import sql_environment
-from remediate.sql import ScriptDialect, Step, get_script_dialect, offline_table, step_statement
+from remediate.sql import ScriptDialect, Step, get_script_dialect, offline_table
 from remediate.target import FAMILIES, read_target
 
 PLAN_DIR = "plan"
@@ -93,9 +93,9 @@ class Action:
     rollback_sql: tuple[str, ...] = ()
     manual_reason: str | None = None
 
-    @property
+    @cached_property
     def key_values(self) -> tuple[Any, ...]:
-        return tuple(from_json(self.key))
+        return tuple(_from_json(self.key))
 
     @property
     def is_manual(self) -> bool:
@@ -150,14 +150,25 @@ def fix_step(action: Action) -> Step:
 
 def rollback_step(action: Action) -> Step:
     """The change that undoes :func:`fix_step`."""
-    step = fix_step(action)
+    return _undo(fix_step(action))
+
+
+def _undo(step: Step) -> Step:
+    head = (step.action_id, step.entity, step.key)
     if step.op == "delta":
-        return replace(step, value=-step.value)
+        return Step(*head, "delta", step.column, value=-step.value)
     if step.op == "cas":
-        return replace(step, value=step.observed, observed=step.value)
-    if step.op == "insert":
-        return replace(step, op="delete")
-    return replace(step, op="insert")
+        return Step(*head, "cas", step.column, value=step.observed, observed=step.value)
+    return Step(*head, "delete" if step.op == "insert" else "insert", row=step.row)
+
+
+# json.loads(text, parse_float=Decimal) builds a decoder per call; this one is built once.
+_decode_json = json.JSONDecoder(parse_float=Decimal).decode
+
+
+def _from_json(text: str | None) -> Any:
+    """:func:`audit.findings.from_json`, with one decoder for every call."""
+    return ABSENT if text is None else _decode_json(text)
 
 
 def _number(value: Any) -> Any:
@@ -263,20 +274,22 @@ def _plan_finding(
     options: PlanOptions,
 ) -> Action:
     kind = row["kind"]
-    expected, actual = from_json(row["expected"]), from_json(row["actual"])
-    base = Action(
-        id=action_id,
-        entity=entity,
-        key=row["key"],
-        column=row["column"],
-        kind=kind,
-        mode="manual",
-        before=None if actual is ABSENT else actual,
-        after=None if expected is ABSENT else expected,
-    )
+    expected, actual = _from_json(row["expected"]), _from_json(row["actual"])
+    fields: dict[str, Any] = {
+        "id": action_id,
+        "entity": entity,
+        "key": row["key"],
+        "column": row["column"],
+        "kind": kind,
+        "before": None if actual is ABSENT else actual,
+        "after": None if expected is ABSENT else expected,
+    }
+
+    def planned(mode: str, **changes: Any) -> Action:
+        return Action(**(fields | changes), mode=mode)
 
     def manual(reason: str) -> Action:
-        return replace(base, mode="manual", manual_reason=reason)
+        return planned("manual", manual_reason=reason)
 
     if kind in EVIDENCE_REASONS:
         return manual(EVIDENCE_REASONS[kind])
@@ -304,9 +317,9 @@ def _plan_finding(
         )
         if mode == "delta" and not (_numeric(actual) and _numeric(expected)):
             mode = "cas"  # NULL + correction is NULL: only an exact set works
-        return replace(base, mode=mode)
+        return planned(mode)
     if kind == MISSING_ROW:
-        values = dict(zip(info["key"], base.key_values)) | dict(expected)
+        values = dict(zip(info["key"], _from_json(row["key"]))) | dict(expected)
         unknown = [
             c["name"]
             for c in info["columns"]
@@ -320,7 +333,7 @@ def _plan_finding(
         bad = [n for n in values if columns[n]["family"] not in FAMILIES]
         if bad:
             return manual(f"cannot insert: column(s) {', '.join(bad)} cannot be rendered")
-        return replace(base, mode="insert", after=values)
+        return planned("insert", after=values)
     if kind == ORPHAN_ROW:
         if not options.delete_orphans:
             return manual("orphan rows are deleted only when planned with --delete-orphans")
@@ -330,7 +343,7 @@ def _plan_finding(
         bad = [n for n in full if columns[n]["family"] not in FAMILIES]
         if bad:
             return manual(f"cannot guard a delete on column(s) {', '.join(bad)}")
-        return replace(base, mode="delete", before=full)
+        return planned("delete", before=full)
     return manual(f"unknown finding kind {kind!r}")
 
 
@@ -345,14 +358,14 @@ def _with_sql(
         return action
     info = target["entities"][action.entity]
     table = tables[action.entity]
-    fix = _guarded(script, fix_step(action), table, info["key"])
-    back = _guarded(script, rollback_step(action), table, info["key"])
+    step = fix_step(action)
+    fix = _guarded(script, step, table, info["key"])
+    back = _guarded(script, _undo(step), table, info["key"])
     return replace(action, sql=(fix,), rollback_sql=(back,))
 
 
 def _guarded(script: ScriptDialect, step: Step, table: Any, key: list[str]) -> str:
-    statement = step_statement(step, table, key, script)
-    return script.guarded(script.compile(statement), step.action_id)
+    return script.guarded(script.compile_step(step, table, key), step.action_id)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -453,28 +466,31 @@ def plan_json(plan: Plan) -> str:
     for name, value in head.items():
         lines.append(f"  {json.dumps(name)}: {to_json(value)},")
     lines.append('  "actions": [')
-    actions = [
-        to_json(
-            {
-                "id": a.id,
-                "entity": a.entity,
-                "key": a.key,
-                "column": a.column,
-                "kind": a.kind,
-                "mode": a.mode,
-                "before": a.before,
-                "after": a.after,
-                "sql": list(a.sql),
-                "rollback_sql": list(a.rollback_sql),
-                "manual_reason": a.manual_reason,
-            }
-        )
-        for a in plan.actions
-    ]
-    lines.append(",\n".join(f"    {a}" for a in actions))
+    lines.append(",\n".join(f"    {_action_json(a)}" for a in plan.actions))
     lines.append("  ]")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _action_json(a: Action) -> str:
+    """``to_json`` of the action's fields as a dict, without building the dict."""
+    return (
+        f'{{"id":{to_json(a.id)},"entity":{_json_text(a.entity)},"key":{_json_text(a.key)},'
+        f'"column":{_json_text(a.column)},"kind":{_json_text(a.kind)},'
+        f'"mode":{_json_text(a.mode)},"before":{to_json(a.before)},'
+        f'"after":{to_json(a.after)},"sql":[{",".join(map(_json_text, a.sql))}],'
+        f'"rollback_sql":[{",".join(map(_json_text, a.rollback_sql))}],'
+        f'"manual_reason":{_json_text(a.manual_reason)}}}'
+    )
+
+
+def _json_text(value: Any) -> str:
+    """``to_json`` of a value that is almost always text."""
+    return _encode_text(value) if type(value) is str else to_json(value)
+
+
+# What to_json does with a str (json.dumps with ensure_ascii=False), minus dumps' overhead.
+_encode_text: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def write_plan(audit_dir: str | Path, plan: Plan) -> Path:
@@ -560,7 +576,11 @@ def load_checked_plan(path: str | Path) -> Plan:
     what ``drift apply`` runs.
     """
     folder = plan_dir(path)
-    plan = load_plan(folder)
+    return check_scripts(folder, load_plan(folder))
+
+
+def check_scripts(folder: Path, plan: Plan) -> Plan:
+    """``plan`` (loaded from ``folder``), once fix.sql and rollback.sql are its renderings."""
     for name, operation in ((FIX_SQL, "fix"), (ROLLBACK_SQL, "rollback")):
         try:
             text = (folder / name).read_bytes().decode("utf-8")

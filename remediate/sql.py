@@ -5,6 +5,9 @@ backwards). :func:`step_statement` turns it into a SQLAlchemy Core statement;
 :meth:`ScriptDialect.compile` renders that statement with literal binds for a
 script, and ``drift apply`` executes the very same kind of statement with bound
 parameters. Values reach SQL only through SQLAlchemy's literal processors.
+:meth:`ScriptDialect.compile_step` gives the same text as compiling
+``step_statement`` for every step, but compiles each statement *shape* once
+(see :class:`_Slot`): a plan of 100,000 actions has a handful of shapes.
 
 What differs between databases (how a guard aborts a standalone script, how a
 transaction starts, which client runs the script) lives in one small class per
@@ -17,6 +20,7 @@ import fcntl
 import hashlib
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -130,6 +134,97 @@ def step_statement(
     raise PlanError(f"unknown step {step.op!r}")
 
 
+# --------------------------------------------------------------------------- shapes
+
+
+class _Slot:
+    """Stands for the ``index``-th value of a step while its statement shape compiles.
+
+    The script compilers render a slot as a marker (:data:`_MARK`-delimited)
+    and note the SQL type it was rendered with; :class:`_Shape` later puts each
+    value there through that same compiler's ``render_literal_value``, exactly
+    as compiling the step itself would have. None is never a slot: it renders
+    as NULL or ``IS NULL`` and so changes the statement's structure.
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Slot) and other.index == self.index
+
+    def __hash__(self) -> int:
+        return hash((_Slot, self.index))
+
+    def __repr__(self) -> str:
+        return f"_Slot({self.index})"
+
+
+# NUL cannot occur in an identifier on PostgreSQL, MariaDB/MySQL or SQLite, nor in any
+# SQL text drift writes around the values; _Shape.of still checks every marker it splits.
+_MARK = "\x00"
+
+
+def _slotted(step: Step) -> tuple[Step, list[Any]]:
+    """The step with each value other than None replaced by a slot, and the values."""
+    values: list[Any] = []
+
+    def slot(value: Any) -> Any:
+        if value is None:
+            return None
+        values.append(value)
+        return _Slot(len(values) - 1)
+
+    key = tuple(slot(v) for v in step.key)
+    value, observed = slot(step.value), slot(step.observed)
+    row = None if step.row is None else {n: slot(v) for n, v in step.row.items()}
+    return Step(0, step.entity, key, step.op, step.column, value, observed, row), values
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A compiled statement shape: text between slots, and how to render each slot."""
+
+    texts: tuple[str, ...]
+    slots: tuple[tuple[int, sa.types.TypeEngine], ...]
+    render: Callable[[Any, sa.types.TypeEngine], str]
+
+    @classmethod
+    def of(cls, compiled: Any) -> _Shape | None:
+        """The shape of a statement compiled with slots; None if its markers are ambiguous."""
+        rendered: list[tuple[int, sa.types.TypeEngine]] = compiled.drift_slots
+        pieces = str(compiled).split(_MARK)
+        texts, markers = tuple(pieces[0::2]), pieces[1::2]
+        if len(pieces) % 2 != 1 or sorted(markers) != sorted(map(str, range(len(rendered)))):
+            return None
+        return cls(texts, tuple(rendered[int(m)] for m in markers), compiled.render_literal_value)
+
+    def fill(self, values: list[Any]) -> str:
+        texts, render = self.texts, self.render
+        out = [texts[0]]
+        for (index, type_), text in zip(self.slots, texts[1:]):
+            out.append(render(values[index], type_))
+            out.append(text)
+        return "".join(out).strip()
+
+
+class _SlotRendering:
+    """Compiler mixin: a :class:`_Slot` renders as a marker naming its occurrence."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before the base __init__, which compiles.
+        self.drift_slots: list[tuple[int, sa.types.TypeEngine]] = []
+        super().__init__(*args, **kwargs)
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        if isinstance(value, _Slot):
+            self.drift_slots.append((value.index, type_))
+            return f"{_MARK}{len(self.drift_slots) - 1}{_MARK}"
+        return super().render_literal_value(value, type_)  # type: ignore[misc]
+
+
 # --------------------------------------------------------------------------- dialects
 
 
@@ -142,19 +237,51 @@ class ScriptDialect:
     def __init__(self) -> None:
         self.audit = get_dialect(self.name)
         self._compiling_dialect: sa.engine.Dialect | None = None
+        self._shapes: dict[tuple[Any, ...], _Shape | None] = {}
 
     def sa_dialect(self) -> sa.engine.Dialect:
         raise NotImplementedError
 
     def compile(self, statement: sa.ClauseElement | sa.Executable) -> str:
         """The statement as text with every value rendered as a literal."""
+        return str(self._compiled(statement)).strip()
+
+    def _compiled(self, statement: sa.ClauseElement | sa.Executable) -> Any:
         if self._compiling_dialect is None:
             self._compiling_dialect = self.sa_dialect()
         assert isinstance(statement, sa.ClauseElement)
-        compiled = statement.compile(
+        return statement.compile(
             dialect=self._compiling_dialect, compile_kwargs={"literal_binds": True}
         )
-        return str(compiled).strip()
+
+    def compile_step(self, step: Step, table: sa.Table, key_names: list[str]) -> str:
+        """``compile(step_statement(step, table, key_names, self))``, the same text.
+
+        Each statement shape (the step without its values, but with its NULLs)
+        is compiled once per table; each step's values are then rendered into
+        it by the compiler that would have rendered them in place.
+        """
+        slotted, values = _slotted(step)
+        row = None if slotted.row is None else tuple(slotted.row.items())
+        key = (
+            table,
+            tuple(key_names),
+            slotted.op,
+            slotted.entity,
+            slotted.column,
+            slotted.key,
+            slotted.value,
+            slotted.observed,
+            row,
+        )
+        try:
+            shape = self._shapes[key]
+        except KeyError:
+            compiled = self._compiled(step_statement(slotted, table, key_names, self))
+            shape = self._shapes[key] = _Shape.of(compiled)
+        if shape is None:
+            return self.compile(step_statement(step, table, key_names, self))
+        return shape.fill(values)
 
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         """Text equality byte for byte, whatever the column's collation."""
@@ -223,7 +350,9 @@ class PostgresScript(ScriptDialect):
 
     def sa_dialect(self) -> sa.engine.Dialect:
         # The named paramstyle keeps "%" in literals as is (pyformat would double it).
-        return postgresql.psycopg.dialect(paramstyle="named")
+        dialect = postgresql.psycopg.dialect(paramstyle="named")
+        dialect.statement_compiler = _PostgresSlotCompiler
+        return dialect
 
     def prologue(self) -> list[str]:
         return ["SET standard_conforming_strings = on;", *self.history_ddl()]
@@ -278,7 +407,7 @@ class MySQLScript(ScriptDialect):
 
     def sa_dialect(self) -> sa.engine.Dialect:
         dialect = mysql.pymysql.dialect(paramstyle="named")
-        dialect.statement_compiler = _MySQLScriptCompiler  # type: ignore[assignment]
+        dialect.statement_compiler = _MySQLSlotCompiler  # type: ignore[assignment]
         dialect._backslash_escapes = True  # the prologue makes sure the server agrees
         return dialect
 
@@ -351,7 +480,7 @@ class SQLiteScript(ScriptDialect):
 
     def sa_dialect(self) -> sa.engine.Dialect:
         dialect = sqlite.pysqlite.dialect()
-        dialect.statement_compiler = _SQLiteScriptCompiler
+        dialect.statement_compiler = _SQLiteSlotCompiler
         return dialect
 
     def script_user(self) -> ColumnElement:
@@ -449,6 +578,18 @@ class _MySQLScriptCompiler(mysql.base.MySQLCompiler):
             for raw, escaped in _MYSQL_ESCAPES.items():
                 text = text.replace(raw, escaped)
         return text
+
+
+class _PostgresSlotCompiler(_SlotRendering, postgresql.psycopg.PGCompiler_psycopg):
+    pass
+
+
+class _SQLiteSlotCompiler(_SlotRendering, _SQLiteScriptCompiler):
+    pass
+
+
+class _MySQLSlotCompiler(_SlotRendering, _MySQLScriptCompiler):
+    pass
 
 
 _SCRIPT_DIALECTS: dict[str, type[ScriptDialect]] = {

@@ -1,4 +1,4 @@
-"""docs/incremental.md and docs/benchmarks.md stay true to the code."""
+"""docs/incremental.md, docs/benchmarks.md and remediation's benchmark stay true to the code."""
 
 from __future__ import annotations
 
@@ -56,3 +56,15 @@ def test_the_tuned_lower_bound_uses_the_audit_settings():
     audit = ["SET jit = off", *(s.replace("SET LOCAL", "SET") for s in before)]
     assert list(PG_AUDIT_SETTINGS) == audit
     assert "SET LOCAL jit = off" in Path(ROOT / "audit" / "dialects.py").read_text()
+
+
+def test_the_remediation_benchmark_figures_are_what_the_benchmark_prints():
+    section = (ROOT / "docs" / "remediation.md").read_text().split("## Benchmark", 1)[1]
+    command, output = re.findall(r"```(?:sh)?\n(.*?)```", section, flags=re.S)[:2]
+    script = command.split()[1]
+    source = (ROOT / script).read_text()
+    assert script == "benchmarks/apply_100k.py" and '"--url"' in source
+    labels = [line.split(":", 1)[0].strip() for line in output.splitlines()]
+    assert len(labels) >= 7
+    for label in labels:
+        assert f"{label}:" in source, f"the benchmark prints no {label!r}"
