@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,23 +215,32 @@ def describe_width(seconds: int) -> str:
 
 # --------------------------------------------------------------------------- parsing times
 
-# The times drift writes (datetime.isoformat(), or "Z"), in years well inside
-# pandas' range: Arrow and datetime parse these exactly as pandas does (the
-# tests compare them), so the report needs pandas only for other texts.
+# A time in the report is what ``datetime.fromisoformat`` reads (ISO 8601; no zone means
+# UTC), in milliseconds. The shapes drift itself writes (datetime.isoformat(), or "Z") are
+# cast by Arrow in one call; any other text is tried by datetime alone.
 ISO_TIME = (
     r"(?:19|2[01])\d\d-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,6})?)?(?:Z|[+-]\d\d:\d\d)?)?"
 )
 _ZONED = r"(?:Z|[+-]\d\d:\d\d)$"
-_ISO_TIME = re.compile(ISO_TIME, re.ASCII)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _micros(text: str) -> int | None:
+    """Microseconds since the epoch of an ISO 8601 text (no zone: UTC); None if not a time."""
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return (stamp - _EPOCH) // _MICROSECOND
 
 
 def epoch_seconds(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """ISO text to UTC epoch seconds at millisecond precision (NaN where not a time).
 
-    Each distinct text is parsed once; a text without a zone is UTC. The same
-    numbers as ``pd.to_datetime(texts, utc=True, format="ISO8601", errors="coerce")``.
+    Each distinct text is parsed once; a text without a zone is UTC.
     """
     distinct = pc.unique(times)
     millis = np.zeros(len(distinct), dtype=np.int64)
@@ -246,20 +254,16 @@ def epoch_seconds(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
         try:
             stamps = pc.cast(distinct.filter(subset), pa.timestamp("us", tz=zone))
         except pa.ArrowInvalid:
-            continue  # an impossible date among them (2026-02-30): left to pandas
+            continue  # an impossible date among them (2026-02-30): each is tried below
         micros = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
         millis[at] = np.floor_divide(micros, 1000)
         parsed[at] = True
     rest = np.flatnonzero(~parsed & distinct.is_valid().to_numpy(zero_copy_only=False))
-    if rest.size:
-        import pandas as pd
-
-        texts = pd.Series(distinct.take(pa.array(rest)).to_pylist(), dtype=object)
-        stamps = pd.to_datetime(texts, utc=True, format="ISO8601", errors="coerce")
-        found = ~stamps.isna().to_numpy()
-        as_ms = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[ms]")
-        millis[rest[found]] = as_ms[found].astype(np.int64)
-        parsed[rest[found]] = True
+    for i in rest.tolist():
+        micros = _micros(distinct[i].as_py())
+        if micros is not None:
+            millis[i] = micros // 1000
+            parsed[i] = True
     seconds = np.where(parsed, millis.astype(np.float64), np.nan)
     seconds = np.append(seconds / 1e3, np.nan)
     index = pc.fill_null(pc.index_in(times, value_set=distinct), len(distinct))
@@ -267,26 +271,8 @@ def epoch_seconds(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def parse_time(text: Any) -> float | None:
-    """UTC epoch seconds of one time text (no zone: UTC), as ``pd.Timestamp`` reads it."""
+    """UTC epoch seconds of one ISO 8601 time text (no zone: UTC); None if not a time."""
     if not isinstance(text, str) or not text:
         return None
-    if _ISO_TIME.fullmatch(text):
-        try:
-            stamp = dt.datetime.fromisoformat(text)
-        except ValueError:
-            pass
-        else:
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=dt.UTC)
-            return round((stamp - _EPOCH) // _MICROSECOND / 10**6, 6)
-    import pandas as pd
-
-    try:
-        parsed = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        return None
-    if parsed is pd.NaT:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.tz_localize("UTC")
-    return float(parsed.timestamp())
+    micros = _micros(text)
+    return None if micros is None else round(micros / 10**6, 6)

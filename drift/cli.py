@@ -639,6 +639,25 @@ def _secrets(argv: list[str]) -> list[str]:
     return found
 
 
+def entry() -> None:
+    """The ``drift`` executable and ``python -m drift``."""
+    # pyarrow imports pandas (about 0.2 s and 45 MB) the first time it converts a Python
+    # value, only to ask whether the value is a pandas object. drift never uses pandas, so
+    # the command tells pyarrow there is none. Not in main(): a program that calls main()
+    # may use pandas itself.
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _WithoutPandas())
+    sys.exit(main())
+
+
+class _WithoutPandas:
+    """An import hook under which ``import pandas`` fails (see :func:`entry`)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("the drift command runs without pandas", name=name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)

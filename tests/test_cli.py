@@ -277,3 +277,22 @@ def _dump(backend):
             n: sorted(map(tuple, conn.execute(sa.text(f"SELECT * FROM {n}")).all()), key=repr)
             for n in names
         }
+
+
+def test_the_command_runs_without_pandas(tmp_path):
+    """pyarrow would import pandas (0.2 s, 45 MB) just to probe values; the command refuses it."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['drift', '-q', 'demo', '--dir', {str(tmp_path / 'demo')!r}]\n"
+        "try:\n"
+        "    runpy.run_module('drift', run_name='__main__')\n"
+        "except SystemExit as done:\n"
+        "    print('exit', done.code)\n"
+        "print('pandas', sys.modules.get('pandas') is not None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    assert out.splitlines()[-2:] == ["exit 1", "pandas False"]
+    report = (tmp_path / "demo" / "audit" / "report.html").read_text()
+    assert report.count("<svg") >= 3  # the charts were drawn

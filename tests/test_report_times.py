@@ -1,9 +1,10 @@
-"""Times and charts in the report, computed without pandas, equal pandas' answers.
+"""Times and charts in the report, computed without pandas.
 
 The report parses stream and attribution times (audit.charts.epoch_seconds,
-parse_time) and groups findings for its charts with Arrow and numpy; these
-tests hold them to what the pandas code they replaced computes, on the shapes
-drift writes and on texts that fall back to pandas.
+parse_time) and groups findings for its charts with Arrow and numpy. A time is
+what ``datetime.fromisoformat`` reads (no zone: UTC); on the shapes drift
+writes that is exactly what the pandas code they replaced computed, and the
+charts equal that code's charts.
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ def pandas_epoch_seconds(times: pa.Array) -> np.ndarray:
     seconds = np.append(seconds / 1e3, np.nan)
     index = pc.fill_null(pc.index_in(times, value_set=distinct), len(distinct))
     return seconds[index.to_numpy()]
+
+
+def reference_seconds(text):
+    """The definition: datetime.fromisoformat, naive as UTC, floored to milliseconds."""
+    if not isinstance(text, str) or not text:
+        return np.nan
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return np.nan
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    micros = (stamp - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    return (micros // 1000) / 1e3
 
 
 def pandas_parse_time(text):
@@ -92,17 +107,42 @@ others = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(iso_texts() | others | st.none(), max_size=25))
-def test_epoch_seconds_equal_pandas(texts):
+def test_epoch_seconds_read_iso_8601(texts):
+    times = pa.array(texts, pa.string())
+    expected = np.array([reference_seconds(t) for t in texts], dtype=np.float64)
+    np.testing.assert_array_equal(epoch_seconds(times), expected)
+    chunked = pa.chunked_array([times[:3], times[3:]], pa.string())
+    np.testing.assert_array_equal(epoch_seconds(chunked), expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(iso_texts() | st.none(), max_size=25))
+def test_epoch_seconds_of_drifts_own_times_equal_pandas(texts):
     times = pa.array(texts, pa.string())
     np.testing.assert_array_equal(epoch_seconds(times), pandas_epoch_seconds(times))
-    chunked = pa.chunked_array([times[:3], times[3:]], pa.string())
-    np.testing.assert_array_equal(epoch_seconds(chunked), pandas_epoch_seconds(times))
 
 
 @settings(max_examples=300, deadline=None)
 @given(iso_texts() | others)
-def test_parse_time_equals_pandas(text):
+def test_parse_time_reads_iso_8601(text):
+    expected = reference_seconds(text)
+    got = parse_time(text)
+    if np.isnan(expected):
+        assert got is None
+    else:
+        assert got is not None and abs(got - expected) < 1e-3
+
+
+@settings(max_examples=300, deadline=None)
+@given(iso_texts())
+def test_parse_time_of_drifts_own_times_equals_pandas(text):
     assert parse_time(text) == pandas_parse_time(text)
+
+
+def test_texts_that_are_not_iso_8601_are_not_times():
+    for text in ("now", "today", "Jan 5 2026", "2026/03/14 09:00", "1710406800", "2026-02-30"):
+        assert parse_time(text) is None
+        assert np.isnan(epoch_seconds(pa.array([text], pa.string()))[0])
 
 
 def test_parse_time_of_non_text():
