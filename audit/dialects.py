@@ -46,6 +46,10 @@ class Dialect:
         """Start a read-only transaction that sees the exported snapshot ``snapshot_id``."""
         raise NotImplementedError(f"{self.name} cannot share a snapshot between connections")
 
+    def row_estimate(self, conn: Connection, table: sa.Table) -> int | None:
+        """The planner statistics' row count of ``table``; None when there are none."""
+        return None
+
     def snapshot_time(self, conn: Connection) -> object:
         """The database's clock at the start of the snapshot."""
         return conn.execute(sa.select(sa.func.current_timestamp())).scalar_one()
@@ -118,6 +122,15 @@ class PostgresDialect(Dialect):
         conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
         conn.exec_driver_sql("SET LOCAL jit = off")
         return conn
+
+    def row_estimate(self, conn: Connection, table: sa.Table) -> int | None:
+        # reltuples: kept by VACUUM, ANALYZE and autovacuum; -1 before the first of them.
+        name = conn.dialect.identifier_preparer.format_table(table)
+        found = conn.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": name},
+        ).scalar()
+        return None if found is None or found < 0 else int(found)
 
     def snapshot_time(self, conn: Connection) -> object:
         return conn.exec_driver_sql("SELECT transaction_timestamp()").scalar_one()

@@ -173,6 +173,7 @@ class EntityStats:
     findings: int
     by_kind: dict[str, int]
     columns: tuple[ColumnStats, ...]
+    rows_estimated: bool = False  # the planner statistics' count (a big table)
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,8 @@ class Report:
     command: str | None
     folder_name: str
     script_data: dict[str, Any] = field(default_factory=dict)
+    rows_estimated: bool = False  # some entity's count is the planner statistics' estimate
+    stream_rows_estimated: bool = False
 
     @property
     def truncated(self) -> bool:
@@ -692,6 +695,9 @@ def build_report(
     counts = summary["counts"]
     entity_rows = summary.get("rows_scanned", {}).get("entities", {})
     stream_rows = summary.get("rows_scanned", {}).get("streams", {})
+    estimated = summary.get("rows_scanned", {}).get("estimated") or {}
+    entities_estimated = set(estimated.get("entities") or ())
+    streams_estimated = set(estimated.get("streams") or ())
     entities = []
     for name, meta in summary.get("entities", {}).items():
         stats = counts.get("by_entity", {}).get(name, {})
@@ -718,6 +724,7 @@ def build_report(
                 findings=int(stats.get("total", 0)),
                 by_kind={k: int(v) for k, v in stats.get("by_kind", {}).items()},
                 columns=tuple(columns),
+                rows_estimated=name in entities_estimated,
             )
         )
 
@@ -741,7 +748,9 @@ def build_report(
             "stream": name,
             "order_by": ", ".join(str(o) for o in w.get("order_by", [])),
             "value": "—" if w.get("value") is None else to_json(w.get("value")),
-            "rows": "—" if w.get("rows") is None else f"{int(w['rows']):,}",
+            "rows": "—"
+            if w.get("rows") is None
+            else ("≈ " if name in streams_estimated else "") + f"{int(w['rows']):,}",
         }
         for name, w in summary.get("watermarks", {}).items()
     )
@@ -763,6 +772,8 @@ def build_report(
         entities_audited=len(summary.get("entities", {})),
         rows_audited=_total(entity_rows.values()),
         stream_rows=_total(stream_rows.values()),
+        rows_estimated=bool(entities_estimated),
+        stream_rows_estimated=bool(streams_estimated),
         total=table.num_rows,
         drifted_rows=int(counts.get("drifted_rows", 0)),
         by_kind={k: by_kind[k] for k in kinds_present},

@@ -209,16 +209,12 @@ def _audit(
                     if scope is not None:
                         only_keys = scope.only_keys
                 # An incremental audit must not count whole tables.
-                count = scope is None
+                rows = _RowCounter(conn, dialect) if scope is None else None
                 watermarks = {
-                    name: _watermark(conn, stream, count) for name, stream in bound.streams.items()
+                    name: _watermark(conn, stream, rows) for name, stream in bound.streams.items()
                 }
                 entity_rows = {
-                    name: conn.execute(
-                        sa.select(sa.func.count()).select_from(entity.table)
-                    ).scalar_one()
-                    if count
-                    else None
+                    name: rows.count(entity.table) if rows else None
                     for name, entity in bound.entities.items()
                 }
                 timer.measure("watermarks", t)
@@ -277,6 +273,7 @@ def _audit(
         only_keys,
         stuck_after,
         scope,
+        rows.estimated if rows else set(),
     )
 
 
@@ -400,12 +397,31 @@ def _require_sqlite_file(url: URL) -> None:
         raise DatabaseError(f"SQLite database file not found: {database}")
 
 
-def _watermark(conn: Connection, stream: BoundStream, count: bool = True) -> dict[str, Any]:
-    rows = (
-        conn.execute(sa.select(sa.func.count()).select_from(stream.table)).scalar_one()
-        if count
-        else None
-    )
+#: Tables the planner statistics put at this many rows or more are not counted:
+#: ``rows_scanned`` holds the estimate and names them (a count(*) of 10M rows costs
+#: about as much as diffing a small entity).
+ESTIMATE_FROM = 1_000_000
+
+
+class _RowCounter:
+    """Row counts for ``rows_scanned``: exact, or the statistics' estimate for big tables."""
+
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
+        self.conn, self.dialect = conn, dialect
+        self.estimated: set[str] = set()
+
+    def count(self, table: sa.Table) -> int:
+        estimate = self.dialect.row_estimate(self.conn, table)
+        if estimate is not None and estimate >= ESTIMATE_FROM:
+            self.estimated.add(table.fullname)
+            return estimate
+        return int(self.conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _watermark(
+    conn: Connection, stream: BoundStream, rows_of: _RowCounter | None
+) -> dict[str, Any]:
+    rows = rows_of.count(stream.table) if rows_of else None
     top = conn.execute(
         sa.select(*stream.order_by)
         .select_from(stream.table)
@@ -440,8 +456,14 @@ def _summary(
     only_keys: Mapping[str, KeyFilter] | None,
     stuck_after: dt.timedelta = DEFAULT_STUCK_AFTER,
     scope: Scope | None = None,
+    estimated: set[str] | None = None,
 ) -> dict[str, Any]:
     counts = writer.counts()
+    estimated = estimated or set()
+    guessed = {
+        "entities": [n for n, e in bound.entities.items() if e.table.fullname in estimated],
+        "streams": [n for n, s in bound.streams.items() if s.table.fullname in estimated],
+    }
     return {
         "tool": "drift",
         "version": __version__,
@@ -457,6 +479,9 @@ def _summary(
         "rows_scanned": {
             "entities": entity_rows,
             "streams": {name: w["rows"] for name, w in watermarks.items()},
+            # Names whose count is the planner statistics' estimate (tables of ESTIMATE_FROM
+            # rows or more), only when there are any.
+            **({"estimated": guessed} if estimated else {}),
         },
         "entities": {
             name: {

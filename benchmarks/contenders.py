@@ -10,6 +10,8 @@
   settings drift's audit uses (``PostgresDialect``: JIT off, no plain or
   index-only scans during a full diff), so the ratio compares query shapes,
   not planner settings.
+* ``lower_bound_parallel`` (PostgreSQL): the tuned queries, each on its own
+  connection, all at once: the lower bound for ``drift audit --jobs 2``.
 * ``pandas_merge``: what a user would write instead: read the four tables into
   pandas, rebuild with groupby, outer-merge with the current rows, compare.
 * ``datacompy``: the same rebuild, compared with ``datacompy.Compare``.
@@ -122,6 +124,29 @@ def lower_bound(url: str, tuned: bool = False) -> int:
         conn.close()
 
 
+def lower_bound_parallel(url: str) -> int:
+    """The tuned queries at once, one connection and thread each (psycopg waits without the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(query: str) -> int:
+        backend, conn = _raw_connection(url)
+        try:
+            for statement in PG_AUDIT_SETTINGS:
+                conn.execute(statement)
+            cursor = conn.cursor()
+            cursor.execute(query)
+            found = 0
+            while rows := cursor.fetchmany(10_000):
+                found += len(rows)
+            return found
+        finally:
+            conn.close()
+
+    queries = lower_bound_queries("postgresql")
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        return sum(pool.map(one, queries))
+
+
 def _frames(url: str):  # type: ignore[no-untyped-def]
     import numpy as np
     import pandas as pd
@@ -174,6 +199,7 @@ def datacompy_compare(url: str) -> int:
 CONTENDERS = {
     "lower_bound": lower_bound,
     "lower_bound_tuned": lambda url: lower_bound(url, tuned=True),
+    "lower_bound_parallel": lower_bound_parallel,
     "pandas_merge": pandas_merge,
     "datacompy": datacompy_compare,
 }

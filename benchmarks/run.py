@@ -57,6 +57,8 @@ LABELS = {
     "drift": "`drift audit` (end to end)",
     "lower_bound": "lower bound: hand-written SQL (server defaults)",
     "lower_bound_tuned": "lower bound: the same SQL under drift's session settings",
+    "drift_jobs": "`drift audit --jobs 2` (end to end; entities in parallel)",
+    "lower_bound_parallel": "lower bound, parallel: the tuned queries at once, one connection each",
     "pandas_merge": "pandas read + groupby + merge",
     "datacompy": "pandas read + groupby + datacompy",
     "since_last_first": "`drift audit --since-last`, first run (full, records marks)",
@@ -101,10 +103,12 @@ def measure(module: str, *args: str) -> tuple[float, float, str]:
 
 
 def run_contender(name: str, url: str, spec: Path, workdir: Path) -> Run:
-    if name == "drift":
+    if name in ("drift", "drift_jobs"):
         out = workdir / "audit"
         shutil.rmtree(out, ignore_errors=True)
         args = ["-q", "audit", "-c", str(spec), "--db", url, "--out", str(out), "-f", "json"]
+        if name == "drift_jobs":
+            args += ["--jobs", "2"]
         wall, rss, stdout = measure("drift", *args)
         summary = json.loads(stdout)
         return Run(name, wall, summary["timings"]["total"], rss, summary["counts"]["drifted_rows"])
@@ -371,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         contenders = list(CONTENDERS)
         if args.engine == "postgresql":
             contenders.insert(2, "lower_bound_tuned")
+            contenders[1:1] = ["drift_jobs"]
+            contenders.insert(4, "lower_bound_parallel")
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.engine == "sqlite":
         url = f"sqlite:///{args.workdir / f'bench-{args.scale}.db'}"

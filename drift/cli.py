@@ -200,6 +200,7 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
     """A short text summary of an audit: counts per entity and column."""
     counts = summary["counts"]
     rows = summary["rows_scanned"]["entities"]
+    estimated = set(summary["rows_scanned"].get("estimated", {}).get("entities", ()))
     kinds = ["mismatch", "missing_row", "orphan_row", "duplicate_key", "null_key"]
     header = ["entity / column", "rows", "drifted", *kinds]
     table = [header]
@@ -209,7 +210,9 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
         table.append(
             [
                 entity,
-                "-" if entity_rows is None else str(entity_rows),
+                "-"
+                if entity_rows is None
+                else f"{'~' if entity in estimated else ''}{entity_rows}",
                 str(stats.get("drifted_rows", 0)),
                 *(str(by_kind.get(k, 0)) for k in kinds),
             ]
@@ -630,6 +633,7 @@ def _secrets(argv: list[str]) -> list[str]:
         if "://" not in text:
             continue
         from sqlalchemy.engine import make_url
+
         try:
             password = make_url(text.split("=", 1)[-1] if text.startswith("--") else text).password
         except Exception:  # noqa: BLE001 - not a URL, nothing to hide
