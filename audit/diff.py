@@ -279,6 +279,8 @@ def _findings(
     n_keys = len(entity.key)
     null_key_seen = False
     pending_dup: list[Row[Any]] = []
+    # Only a query that computes tie, NULL-order or non-number flags has rows to check.
+    checks = any(k.startswith(_CHECK_FLAGS) for k in result.keys())  # noqa: SIM118 - rows iterate
 
     def flush_dup() -> Iterator[Finding]:
         if not pending_dup:
@@ -301,7 +303,8 @@ def _findings(
         if any(k is None for k in key):
             null_key_seen = True
             continue
-        _check_order(m, entity, bound)
+        if checks:
+            _check_order(m, entity, bound)
         if diff.has_dup and (m["dup"] or 0) > 1:
             if pending_dup and tuple(pending_dup[0][:n_keys]) != key:
                 yield from flush_dup()
@@ -362,6 +365,9 @@ def _last_event(row: Row[Any], diff: DiffQuery) -> Any:
         return max(times) if times else None
     except TypeError:  # mixed types across streams
         return max(str(t) for t in times)
+
+
+_CHECK_FLAGS = ("tie", "nonnumeric", "nullorder")  # the labels _check_order reads
 
 
 def _check_order(m: Any, entity: BoundEntity, bound: BoundSpec) -> None:
