@@ -332,6 +332,31 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def _script_section(title: str, script: list[str]) -> str:
+    """Run a benchmark script once, in this run, and quote what it printed."""
+    print(f"  {title}...", file=sys.stderr)
+    done = subprocess.run(
+        [_python(), *script], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"benchmark: {script[0]} failed:\n{done.stderr}")
+    printed = [line for line in done.stdout.splitlines() if not line.startswith("audit folder:")]
+    return "\n".join(
+        [
+            "",
+            f"#### {title}",
+            "",
+            f"Command (run by the harness, same machine, right after the contenders): "
+            f"`python {shlex.join(script)}`",
+            "",
+            "```",
+            *printed,
+            "```",
+            "",
+        ]
+    )
+
+
 def write_doc(engine: str, scale: str, section: str) -> None:
     begin, end = f"<!-- bench:{engine}:{scale} -->", f"<!-- /bench:{engine}:{scale} -->"
     text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
@@ -367,6 +392,20 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="also time --since-last audits after N new stream rows (changes the dataset)",
+    )
+    parser.add_argument(
+        "--apply",
+        type=int,
+        default=0,
+        metavar="N",
+        help="PostgreSQL: also plan and apply N corrections (benchmarks/apply_100k.py)",
+    )
+    parser.add_argument(
+        "--report",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also render the report of N synthetic findings (benchmarks/report_render.py)",
     )
     args = parser.parse_args(argv)
     if args.contenders:
@@ -429,6 +468,22 @@ def main(argv: list[str] | None = None) -> int:
             args.repeat,
             args.note,
         )
+        if args.apply and args.engine == "postgresql":
+            section += _script_section(
+                f"Plan and apply of {args.apply:,} corrections",
+                [
+                    "benchmarks/apply_100k.py",
+                    "--url",
+                    SERVERS["postgresql"],
+                    "--rows",
+                    str(args.apply),
+                ],
+            )
+        if args.report:
+            section += _script_section(
+                f"The report of {args.report:,} findings",
+                ["benchmarks/report_render.py", "--findings", str(args.report)],
+            )
         print(section)
         if args.write_doc:
             write_doc(args.engine, args.scale, section)

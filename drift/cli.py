@@ -651,6 +651,9 @@ def entry() -> None:
     # may use pandas itself.
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _WithoutPandas())
+    # Arrow's own allocator keeps freed memory for reuse: with the system's, the peak RSS of
+    # an audit at 1M stream rows is ~35 MB lower and no slower (docs/benchmarks.md).
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     sys.exit(main())
 
 
