@@ -29,6 +29,11 @@ class Dialect:
     #: The diff FULL OUTER JOINs the sides instead of left-joining them to a
     #: UNION of their keys, which computes every aggregate twice.
     full_outer_join: ClassVar[bool] = False
+    #: A diff restricted to some keys joins the entity table as a subquery filtered by
+    #: those keys (FULL OUTER JOIN dialects). PostgreSQL then reads only those rows
+    #: (it cannot push a filter on the joined key into one side of a full join);
+    #: SQLite would scan such a subquery once per row, so it joins the table whole.
+    filters_current_rows: ClassVar[bool] = False
     #: Other connections can join an open snapshot (:meth:`export_snapshot`), so
     #: entities can be diffed in parallel and still read one database state.
     shares_snapshot: ClassVar[bool] = False
@@ -97,6 +102,7 @@ class PostgresDialect(Dialect):
     snapshot_isolation = "REPEATABLE READ, READ ONLY"
     full_outer_join = True
     shares_snapshot = True
+    filters_current_rows = True
 
     def open_snapshot(self, conn: Connection) -> Connection:
         conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)

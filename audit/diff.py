@@ -67,7 +67,12 @@ def build_diff(
     labels = key_labels(len(entity.key))
 
     has_dup = not entity.key_is_unique
-    direct = dialect.full_outer_join and entity.key_columns is not None and not has_dup
+    direct = (
+        dialect.full_outer_join
+        and entity.key_columns is not None
+        and not has_dup
+        and (only_keys is None or not dialect.filters_current_rows)
+    )
     current = _current_side(entity, only_keys, labels, has_dup, direct)
 
     if dialect.full_outer_join:
