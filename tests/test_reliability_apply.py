@@ -354,7 +354,10 @@ def test_sigkill_at_random_points_then_resume(backend, tmp_path, scenario_runs):
         delay = rng.uniform(0, 0.06)
         command = [sys.executable, "-m", "drift", "apply", str(audit), "--db", backend.url]
         command += ["--batch-size", str(size)]
-        env = dict(os.environ, DRIFT_TEST_PAUSE_AFTER_BATCH="0.02")
+        # The pause after each batch outlasts most of the kill delay: the kill lands between
+        # batches or inside the next one's transaction, never after the last batch (a
+        # finished apply leaves nothing to resume).
+        env = dict(os.environ, DRIFT_TEST_PAUSE_AFTER_BATCH="0.05")
         proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             assert proc.stderr is not None
