@@ -78,7 +78,7 @@ def build_diff(
     if dialect.full_outer_join:
         joined, key_cols = _full_join(entity, folds, current, labels)
     else:
-        joined, key_cols = _union_join(folds, current, labels)
+        joined, key_cols = _union_join(bound, folds, current, labels, only_keys)
 
     explained = sa.or_(*(agg.c.n.is_not(None) for agg in folds.aggregates.values()))
     present = current.is_present
@@ -182,10 +182,27 @@ def _current_side(
 
 
 def _union_join(
-    folds: EntityFolds, current: _Current, labels: list[str]
+    bound: BoundSpec,
+    folds: EntityFolds,
+    current: _Current,
+    labels: list[str],
+    only_keys: KeyFilter | None,
 ) -> tuple[FromClause, list[ColumnElement]]:
-    """Every key any side knows, by UNION, left-joined to each side (MySQL/MariaDB)."""
-    key_sets = [sa.select(*(agg.c[lbl] for lbl in labels)) for agg in folds.aggregates.values()]
+    """Every key any side knows, by UNION, left-joined to each side (MySQL/MariaDB).
+
+    A stream's keys are read from its table, not from its aggregate: the
+    aggregate (or the first/last window carrying it) has one row per key of the
+    stream, the very set the UNION keeps, and naming it twice would compute it
+    twice (a window over every stream row just for its keys).
+    """
+    key_sets = []
+    for name in folds.aggregates:
+        stream = bound.streams[name]
+        of_stream = sa.select(*(k.label(lbl) for k, lbl in zip(stream.key, labels)))
+        of_stream = of_stream.select_from(stream.table)
+        if only_keys is not None:
+            of_stream = of_stream.where(key_filter_clause(stream.key, only_keys))
+        key_sets.append(of_stream)
     key_sets.append(sa.select(*current.keys))
     keys = sa.union(*key_sets).subquery("keys")
 
