@@ -164,6 +164,21 @@ class MySQLDialect(Dialect):
         conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         return conn
 
+    def whole_table_settings(self) -> tuple[list[str], list[str]]:
+        """Derived tables materialized, not merged, while a full diff runs.
+
+        Merged into the join, the ``ROW_NUMBER()`` subquery of a first/last fold
+        keeps every stream row and applies ``rn = 1`` per joined key: 5.1 s
+        instead of 1.3 s for 500,000 order events (docs/benchmarks.md).
+        """
+        return (
+            [
+                "SET @drift_optimizer_switch = @@SESSION.optimizer_switch",
+                "SET SESSION optimizer_switch = 'derived_merge=off'",
+            ],
+            ["SET SESSION optimizer_switch = @drift_optimizer_switch"],
+        )
+
     def snapshot_time(self, conn: Connection) -> object:
         return conn.exec_driver_sql("SELECT UTC_TIMESTAMP(6)").scalar_one()
 
