@@ -6,10 +6,11 @@
 * ``lower_bound``: one hand-written SQL query per entity that returns the
   drifted rows, computed inside the database: the least work any tool that
   reports drifted rows must do. Only the database driver is imported.
-* ``lower_bound_tuned`` (PostgreSQL): the same queries under the session
-  settings drift's audit uses (``PostgresDialect``: JIT off, no plain or
-  index-only scans during a full diff), so the ratio compares query shapes,
-  not planner settings.
+* ``lower_bound_tuned`` (PostgreSQL, MariaDB): the same queries under the
+  session settings drift's audit uses (``PostgresDialect``: JIT off, no plain or
+  index-only scans during a full diff; ``MySQLDialect``: derived tables
+  materialized, not merged), so the ratio compares query shapes, not planner
+  settings.
 * ``lower_bound_parallel`` (PostgreSQL): the tuned queries, each on its own
   connection, all at once: the lower bound for ``drift audit --jobs 2``.
 * ``pandas_merge``: what a user would write instead: read the four tables into
@@ -79,6 +80,10 @@ PG_AUDIT_SETTINGS = (
 )
 
 
+#: The setting of drift's MariaDB full diff (``MySQLDialect.whole_table_settings``).
+MYSQL_AUDIT_SETTINGS = ("SET SESSION optimizer_switch = 'derived_merge=off'",)
+
+
 def _raw_connection(url: str):  # type: ignore[no-untyped-def]
     """A plain DB-API connection, without SQLAlchemy (the lower bound imports little)."""
     from urllib.parse import urlsplit
@@ -112,6 +117,10 @@ def lower_bound(url: str, tuned: bool = False) -> int:
         if tuned and backend == "postgresql":
             for statement in PG_AUDIT_SETTINGS:
                 conn.execute(statement)
+        if tuned and backend == "mysql":
+            with conn.cursor() as cursor:
+                for statement in MYSQL_AUDIT_SETTINGS:
+                    cursor.execute(statement)
         drifted = 0
         for query in lower_bound_queries(backend):
             cursor = conn.cursor()

@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         contenders = args.contenders.split(",")
     else:
         contenders = list(CONTENDERS)
+        if args.engine == "mysql":
+            contenders.insert(2, "lower_bound_tuned")
         if args.engine == "postgresql":
             contenders.insert(2, "lower_bound_tuned")
             contenders[1:1] = ["drift_jobs"]

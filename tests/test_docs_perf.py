@@ -58,6 +58,14 @@ def test_the_tuned_lower_bound_uses_the_audit_settings():
     assert "SET LOCAL jit = off" in Path(ROOT / "audit" / "dialects.py").read_text()
 
 
+def test_the_tuned_mariadb_lower_bound_uses_the_audit_setting():
+    from audit.dialects import MySQLDialect
+    from benchmarks.contenders import MYSQL_AUDIT_SETTINGS
+
+    before, _ = MySQLDialect().whole_table_settings()
+    assert [s for s in before if not s.startswith("SET @")] == list(MYSQL_AUDIT_SETTINGS)
+
+
 def test_the_remediation_benchmark_figures_are_what_the_benchmark_prints():
     section = (ROOT / "docs" / "remediation.md").read_text().split("## Benchmark", 1)[1]
     command, output = re.findall(r"```(?:sh)?\n(.*?)```", section, flags=re.S)[:2]
