@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Subquery
 
-from audit.dialects import Dialect
+from audit.dialects import Dialect, in_list
 from audit.schema import BoundColumn, BoundEntity, BoundSpec, BoundStream
 
 #: Keys to audit: a list of key tuples, or a SELECT returning the key columns.
@@ -61,7 +61,7 @@ def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnEl
     if isinstance(keys, (sa.Select, sa.CompoundSelect)):
         return (key[0] if len(key) == 1 else sa.tuple_(*key)).in_(keys)
     if len(key) == 1:
-        return key[0].in_([k[0] for k in keys])
+        return in_list(key[0], [k[0] for k in keys])
     return sa.tuple_(*key).in_([tuple(k) for k in keys])
 
 
