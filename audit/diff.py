@@ -41,6 +41,8 @@ class DiffQuery:
     streams: tuple[str, ...]
     has_dup: bool
     whole_tables: bool = False
+    #: The rows carry tie, NULL-order or non-number flags for :func:`_check_order`.
+    checks_rows: bool = False
 
 
 def _differs(dialect: Dialect, column: BoundColumn, e: ColumnElement, a: ColumnElement):
@@ -127,6 +129,7 @@ def build_diff(
         streams=tuple(folds.aggregates),
         has_dup=has_dup,
         whole_tables=only_keys is None,
+        checks_rows=bool(folds.tie_flags or folds.non_numeric_flags or folds.null_order_flags),
     )
 
 
@@ -301,8 +304,6 @@ def _findings(
     n_keys = len(entity.key)
     null_key_seen = False
     pending_dup: list[Row[Any]] = []
-    # Only a query that computes tie, NULL-order or non-number flags has rows to check.
-    checks = any(k.startswith(_CHECK_FLAGS) for k in result.keys())  # noqa: SIM118 - rows iterate
 
     def flush_dup() -> Iterator[Finding]:
         if not pending_dup:
@@ -325,7 +326,7 @@ def _findings(
         if any(k is None for k in key):
             null_key_seen = True
             continue
-        if checks:
+        if diff.checks_rows:
             _check_order(m, entity, bound)
         if diff.has_dup and (m["dup"] or 0) > 1:
             if pending_dup and tuple(pending_dup[0][:n_keys]) != key:
@@ -387,9 +388,6 @@ def _last_event(row: Row[Any], diff: DiffQuery) -> Any:
         return max(times) if times else None
     except TypeError:  # mixed types across streams
         return max(str(t) for t in times)
-
-
-_CHECK_FLAGS = ("tie", "nonnumeric", "nullorder")  # the labels _check_order reads
 
 
 def _check_order(m: Any, entity: BoundEntity, bound: BoundSpec) -> None:
