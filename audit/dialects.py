@@ -253,10 +253,8 @@ def _compile_in_list_postgresql(element, compiler, **kw):  # type: ignore[no-unt
     # Only plain text or integer keys, all of one Python type: psycopg sends a list of
     # them as one typed array (mixed int and Decimal it would refuse).
     kinds = {type(v) for v in values}
-    plain = (
-        isinstance(column.type, sa.String) and kinds == {str}
-        or isinstance(column.type, sa.Integer) and kinds == {int}
-    )
+    text = isinstance(column.type, sa.String) and kinds == {str}
+    plain = text or (isinstance(column.type, sa.Integer) and kinds == {int})
     if not values or not plain:
         return compiler.process(column.in_(values), **kw)
     array = sa.bindparam(None, values, type_=postgresql.ARRAY(column.type), unique=True)
