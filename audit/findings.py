@@ -17,11 +17,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 MISMATCH = "mismatch"
 MISSING_ROW = "missing_row"
@@ -224,21 +226,31 @@ def iso(value: Any) -> str | None:
 
 # --------------------------------------------------------------------------- Parquet
 
-FINDINGS_SCHEMA = pa.schema(
-    [
-        ("entity", pa.string()),
-        ("key", pa.string()),
-        ("column", pa.string()),
-        ("kind", pa.string()),
-        ("expected", pa.string()),
-        ("actual", pa.string()),
-        ("delta", pa.float64()),
-        ("last_event_at", pa.string()),
-        ("extra", pa.string()),
-        ("cause", pa.string()),
-        ("evidence", pa.string()),
-    ]
+#: The columns of findings.parquet, in order (all text but ``delta``, a float64).
+FINDINGS_COLUMNS = (
+    "entity",
+    "key",
+    "column",
+    "kind",
+    "expected",
+    "actual",
+    "delta",
+    "last_event_at",
+    "extra",
+    "cause",
+    "evidence",
 )
+
+
+@cache
+def findings_schema() -> pa.Schema:
+    """The Arrow schema of findings.parquet (pyarrow loads on first use: an audit
+    imports it while the database computes the diffs, see ``audit.run``)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [(name, pa.float64() if name == "delta" else pa.string()) for name in FINDINGS_COLUMNS]
+    )
 
 
 def _side(value: Any) -> str | None:
@@ -254,8 +266,8 @@ class FindingsWriter:
     def __init__(self, path: Path, batch_size: int = 10_000) -> None:
         self.path = path
         self.batch_size = batch_size
-        self._writer = pq.ParquetWriter(str(path), FINDINGS_SCHEMA, compression="zstd")
-        self._rows: dict[str, list[Any]] = {name: [] for name in FINDINGS_SCHEMA.names}
+        self._writer: pq.ParquetWriter | None = None  # opened with the first batch
+        self._rows: dict[str, list[Any]] = {name: [] for name in FINDINGS_COLUMNS}
         self.total = 0
         self.by_kind: Counter[str] = Counter()
         self.by_entity: dict[str, Counter[str]] = defaultdict(Counter)
@@ -305,17 +317,26 @@ class FindingsWriter:
         for finding in findings:
             self.add(finding)
 
+    def _parquet(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(str(self.path), findings_schema(), compression="zstd")
+        return self._writer
+
     def _flush(self) -> None:
         if not self._rows["entity"]:
             return
-        batch = pa.RecordBatch.from_pydict(self._rows, schema=FINDINGS_SCHEMA)
-        self._writer.write_batch(batch)
+        import pyarrow as pa
+
+        batch = pa.RecordBatch.from_pydict(self._rows, schema=findings_schema())
+        self._parquet().write_batch(batch)
         for values in self._rows.values():
             values.clear()
 
     def close(self) -> None:
         self._flush()
-        self._writer.close()
+        self._parquet().close()
 
     def counts(self) -> dict[str, Any]:
         return {
@@ -361,6 +382,8 @@ class FindingsWriter:
 
 def read_findings(path: Path) -> Iterator[dict[str, Any]]:
     """Yield each finding row of a findings.parquet as a dict (in batches)."""
+    import pyarrow.parquet as pq
+
     parquet = pq.ParquetFile(str(path))
     for batch in parquet.iter_batches(batch_size=10_000):
         yield from batch.to_pylist()

@@ -14,10 +14,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from audit.errors import AuditFolderError, OutputError
 
@@ -114,5 +114,7 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
     ``pq.read_table`` would go through ``pyarrow.dataset``, whose import loads
     pandas (about 0.2 s); a single file needs none of that.
     """
+    import pyarrow.parquet as pq
+
     with pq.ParquetFile(str(path)) as parquet:
         return parquet.read(columns=columns)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.evidence import EVIDENCE, EVIDENCE_SCHEMA, drifted_keys  # noqa: E402
-from audit.findings import FINDINGS_SCHEMA  # noqa: E402
+from audit.findings import findings_schema  # noqa: E402
 from audit.report import render_report  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def build_folder(folder: Path, n: int, seed: int = 1) -> None:
             "cause": pa.nulls(n, pa.string()),
             "evidence": pa.nulls(n, pa.string()),
         },
-        schema=FINDINGS_SCHEMA,
+        schema=findings_schema(),
     )
     pq.write_table(table, folder / "findings.parquet", compression="zstd", row_group_size=100_000)
     by_entity = {name: int((entity == name).sum()) for name in ("inventory", "accounts")}

@@ -1,0 +1,193 @@
+"""What an audit loads before its diffs, and what it loads while the database computes them.
+
+Every ``drift audit`` and ``drift check`` pays for its imports; the ones only
+the later steps need (pyarrow, the evidence, plan and report modules, their
+templates) load in a thread during the diffs (``audit.run._LaterSteps``).
+These tests fail if a change puts them back on the path before the diffs, or
+if the thread stops loading what the later steps use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from audit.schema import bind_spec
+from audit.spec import parse_spec
+from audit.templating import html_environment
+from tests.conftest import make_backend
+
+
+def _fresh(code: str) -> dict:
+    """Run ``code`` in a new interpreter; it prints one JSON line."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+LATER = [
+    "pyarrow",
+    "pyarrow.parquet",
+    "jinja2",
+    "audit.evidence",
+    "audit.export",
+    "audit.report",
+    "audit.witness",
+    "remediate.plan",
+    "remediate.target",
+]
+
+
+def test_the_audit_module_does_not_load_what_only_later_steps_need():
+    loaded = _fresh(
+        "import json, sys\n"
+        "import audit.run\n"
+        f"print(json.dumps({{m: m in sys.modules for m in {LATER!r}}}))\n"
+    )
+    assert loaded == {m: False for m in LATER}
+
+
+def test_the_preload_thread_loads_the_later_steps_and_their_templates():
+    loaded = _fresh(
+        "import json, sys\n"
+        "import audit.run\n"
+        "steps = audit.run._LaterSteps(report=True)\n"
+        "steps.wait()\n"
+        "from audit.templating import html_environment, sql_environment\n"
+        "cached = lambda env: sorted(t.name for t in env.cache.values())\n"
+        f"print(json.dumps({{'modules': [m for m in {LATER!r} if m not in sys.modules],\n"
+        "    'html': cached(html_environment()), 'sql': cached(sql_environment())}))\n"
+    )
+    assert loaded["modules"] == []
+    assert loaded["sql"] == ["remediation.sql.j2"]
+    # Every report template (the page and what it includes) is compiled ahead.
+    env = html_environment()
+    expected = env.list_templates(
+        filter_func=lambda n: n == "report.html.j2" or n.startswith("report/")
+    )
+    assert "report/evidence.html.j2" in expected
+    assert loaded["html"] == sorted(expected)
+
+
+def test_without_a_report_the_preload_leaves_the_report_alone():
+    loaded = _fresh(
+        "import json, sys\n"
+        "import audit.run\n"
+        "steps = audit.run._LaterSteps(report=False)\n"
+        "steps.wait()\n"
+        "print(json.dumps({'report': 'audit.report' in sys.modules,\n"
+        "    'plan': 'remediate.plan' in sys.modules}))\n"
+    )
+    assert loaded == {"report": False, "plan": True}
+
+
+def test_a_failing_preload_is_silent_and_the_step_reports_the_error_itself():
+    """A module that cannot load: the thread ignores it; the import in the step raises."""
+    loaded = _fresh(
+        "import json, sys\n"
+        "import audit.run\n"
+        "sys.modules['remediate.plan'] = None  # any import of it now fails\n"
+        "steps = audit.run._LaterSteps(report=True)\n"
+        "steps.wait()\n"
+        "try:\n"
+        "    import remediate.plan\n"
+        "    error = None\n"
+        "except ImportError as err:\n"
+        "    error = type(err).__name__\n"
+        "print(json.dumps({'alive': steps.thread.is_alive(), 'error': error}))\n"
+    )
+    assert loaded == {"alive": False, "error": "ModuleNotFoundError"}
+
+
+# --------------------------------------------------------------------------- reading the schema
+
+SPEC = """
+version = 1
+[streams.stock]
+table = "stock_events"
+key = ["sku"]
+order_by = ["id"]
+[streams.status]
+table = "order_events"
+key = ["order_id"]
+order_by = ["id"]
+[entities.inventory]
+table = "inventory"
+key = ["sku"]
+[entities.inventory.columns.on_hand]
+stream = "stock"
+fold = "sum"
+value = "qty"
+[entities.orders]
+table = "orders"
+key = ["order_id"]
+[entities.orders.columns.status]
+stream = "status"
+fold = "last"
+value = "new_status"
+"""
+
+TABLES = (
+    "CREATE TABLE inventory (sku VARCHAR(20) PRIMARY KEY, on_hand INTEGER NOT NULL)",
+    "CREATE TABLE orders (order_id INTEGER PRIMARY KEY, status VARCHAR(20))",
+    "CREATE TABLE stock_events (id INTEGER PRIMARY KEY, sku VARCHAR(20) NOT NULL, "
+    "qty INTEGER, note VARCHAR(30), CONSTRAINT one_note UNIQUE (sku, note))",
+    "CREATE INDEX stock_by_sku ON stock_events (sku, id)",
+    "CREATE TABLE order_events (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL "
+    "REFERENCES orders (order_id), new_status VARCHAR(20))",
+)
+
+
+def _shape(table: sa.Table) -> dict:
+    return {
+        "columns": [(c.name, str(c.type), c.nullable) for c in table.columns],
+        "primary_key": [c.name for c in table.primary_key.columns],
+        "indexes": sorted(
+            (i.name, [c.name for c in i.columns], bool(i.unique)) for i in table.indexes
+        ),
+    }
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite", "postgresql", "mysql"])
+def test_the_spec_tables_read_together_are_the_tables_read_one_by_one(engine_name, tmp_path):
+    """bind_spec reads the spec's tables of a schema in one go (fewer catalog queries
+    on PostgreSQL); each table must come out as reflecting it alone gives it."""
+    backend_gen = make_backend(engine_name, tmp_path)
+    backend = next(backend_gen)
+    try:
+        for statement in TABLES:
+            backend.execute(statement)
+        spec = parse_spec(SPEC)
+        statements: list[str] = []
+
+        def count(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, PLR0913
+            statements.append(statement)
+
+        with backend.engine.connect() as conn:
+            sa.event.listen(conn, "before_cursor_execute", count)
+            bound = bind_spec(spec, conn)
+            sa.event.remove(conn, "before_cursor_execute", count)
+            conn.rollback()
+            together = [len(statements)]
+            statements.clear()
+            alone = {}
+            sa.event.listen(conn, "before_cursor_execute", count)
+            for name in ("stock_events", "order_events", "inventory", "orders"):
+                alone[name] = sa.Table(name, sa.MetaData(), autoload_with=conn)
+            sa.event.remove(conn, "before_cursor_execute", count)
+            conn.rollback()
+        tables = {s.table.name: s.table for s in bound.streams.values()}
+        tables |= {e.table.name: e.table for e in bound.entities.values()}
+        assert {n: _shape(t) for n, t in tables.items()} == {n: _shape(t) for n, t in alone.items()}
+        assert bound.streams["stock"].key_is_indexed
+        assert bound.streams["stock"].order_is_unique
+        if engine_name == "postgresql":
+            # Reading alone, the four tables take ~8 catalog queries each.
+            assert together[0] < len(statements) / 2
+    finally:
+        next(backend_gen, None)
