@@ -190,7 +190,10 @@ class _Run:
             raise RefusedError("refused: another drift apply is running on this database")
         try:
             with database_errors(self.url, f"{self.operation} failed"):
-                history.ensure(conn)
+                if self.dry_run:
+                    history.ensure_for_dry_run(conn)
+                else:
+                    history.ensure(conn)
                 entry = history.entry(conn, self.plan.plan_id, self.operation)
                 fix_entry = history.entry(conn, self.plan.plan_id, FIX)
                 conn.rollback()

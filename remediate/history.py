@@ -11,7 +11,11 @@
   JSON text), written by ``drift apply`` in the transaction that changed it.
 
 The tables are created when missing (``CREATE TABLE IF NOT EXISTS``), before
-any transaction that changes data (DDL commits implicitly on MariaDB).
+any transaction that changes data (DDL commits implicitly on MariaDB). A dry
+run creates nothing that outlives it: the tables it finds missing it creates
+``TEMPORARY`` (its own session's, gone when it disconnects; no implicit commit
+on MariaDB), under the same names, which every engine resolves to the
+temporary table first.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ IN_PROGRESS = "in_progress"
 APPLIED = "applied"
 
 
-def history_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
-    """The three history tables, defined on ``metadata``."""
+def history_tables(
+    metadata: sa.MetaData, temporary: bool = False
+) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """The three history tables, defined on ``metadata`` (``TEMPORARY`` ones if asked)."""
+    prefixes = ["TEMPORARY"] if temporary else []
     log = sa.Table(
         LOG,
         metadata,
@@ -47,6 +54,7 @@ def history_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("rows_changed", sa.Integer),
         sa.Column("batch_size", sa.Integer),
+        prefixes=prefixes,
     )
     batches = sa.Table(
         BATCHES,
@@ -56,6 +64,7 @@ def history_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]
         sa.Column("batch_no", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("rows_changed", sa.Integer, nullable=False),
         sa.Column("committed_at", sa.String(40)),
+        prefixes=prefixes,
     )
     rows = sa.Table(
         ROWS,
@@ -69,6 +78,7 @@ def history_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]
         sa.Column("column_name", sa.String(255)),
         sa.Column("before_value", sa.Text),
         sa.Column("after_value", sa.Text),
+        prefixes=prefixes,
     )
     return log, batches, rows
 
@@ -85,6 +95,20 @@ class History:
         with conn.begin():
             for table in (self.log, self.batches, self.rows):
                 conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+
+    def ensure_for_dry_run(self, conn: Connection) -> None:
+        """Use the tables that exist; create the missing ones TEMPORARY (this session only)."""
+        temporary = history_tables(sa.MetaData(), temporary=True)
+        with conn.begin():
+            inspector = sa.inspect(conn)
+            kept = []
+            for table, temp in zip((self.log, self.batches, self.rows), temporary, strict=True):
+                if inspector.has_table(table.name):
+                    kept.append(table)
+                else:
+                    conn.execute(sa.schema.CreateTable(temp))
+                    kept.append(temp)
+        self.log, self.batches, self.rows = kept
 
     def entry(self, conn: Connection, plan_id: str, operation: str) -> dict | None:
         row = conn.execute(

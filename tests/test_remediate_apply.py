@@ -54,6 +54,28 @@ def test_dry_run_reports_and_changes_nothing(backend, tmp_path):
     assert "cancelled" in result.guard_failures[0]["reason"]
 
 
+@pytest.mark.scenario("dry run changes nothing")
+def test_a_dry_run_leaves_no_history_tables_behind(backend, tmp_path):
+    """Without history tables, a dry run uses temporary ones: the schema is as it was,
+    and a real apply afterwards creates and fills the real ones."""
+    audit = audited_shop(backend, tmp_path)
+
+    def tables() -> list[str]:
+        with backend.engine.connect() as conn:
+            return sorted(sa.inspect(conn).get_table_names())
+
+    before = tables()
+    assert not [t for t in before if t.startswith("drift_remediation")]
+    result = apply_plan(audit, backend.url, dry_run=True)
+    assert {c["action_id"] for c in result.changes} == {1, 2, 3, 4, 5}
+    assert tables() == before
+    approve(audit, "alice")
+    assert apply_plan(audit, backend.url).rows_changed == 5
+    state = table_state(backend, "drift_remediation_log", "drift_remediation_rows")
+    assert len(state["drift_remediation_log"]) == 1
+    assert len(state["drift_remediation_rows"]) == 5
+
+
 @pytest.mark.scenario("all-or-nothing apply: a missed guard changes nothing")
 def test_a_missed_guard_aborts_the_whole_apply(backend, tmp_path):
     audit = audited_shop(backend, tmp_path)
