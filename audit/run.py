@@ -290,11 +290,12 @@ class _LaterSteps:
     """Imports the steps after the diffs, in a thread, while the database computes them.
 
     A full diff is mostly a wait for the database, during which Python is idle:
-    loading the evidence, plan and report modules and their compiled templates
-    meanwhile takes ~0.1 s off every audit. The audit calls :meth:`wait` before its
-    next step, and imports nothing while the thread runs (so no import can wait on
-    a half-imported module); a failure here is ignored, as the step that needs the
-    module imports it again and reports the error itself.
+    pyarrow, the evidence, plan and report modules and their compiled templates
+    load meanwhile (~0.15 s of imports). The audit calls :meth:`wait` before its
+    next step. Until then the only import it may make is pyarrow's (when a diff's
+    findings fill a batch), and pyarrow imports nothing of drift's, so neither
+    thread can wait on a module the other is half-way through. A failure here is
+    ignored: the step that needs the module imports it again and reports the error.
     """
 
     def __init__(self, report: bool) -> None:
