@@ -184,6 +184,7 @@ def _audit(
 ) -> dict[str, Any]:
     timer = _Timer()
     scope: Scope | None = None
+    later: _LaterSteps | None = None
     dialect = get_dialect(url.get_backend_name())
     if url.get_backend_name() == "sqlite":
         _require_sqlite_file(url)
@@ -205,6 +206,8 @@ def _audit(
                 snapshot_at = dialect.snapshot_time(conn)
             timer.measure("snapshot", t)
 
+            # Loads what the steps after the diffs need while the database counts and diffs.
+            later = _LaterSteps(write_report)
             with database_errors(url, "audit failed"):
                 t = time.perf_counter()
                 say("reading stream watermarks")
@@ -223,7 +226,6 @@ def _audit(
                 }
                 timer.measure("watermarks", t)
                 writer = FindingsWriter(folder.staging / "findings.parquet")
-                later = _LaterSteps(write_report)
                 try:
                     diffs = _EntityDiffs(bound, dialect, only_keys, timer, say)
                     if jobs > 1 and len(diffs.entities) > 1 and dialect.shares_snapshot:
@@ -245,7 +247,6 @@ def _audit(
                     )
                     timer.measure("witnesses_and_outboxes", t)
                 finally:
-                    later.wait()
                     writer.close()
                 # -- evidence (audit/evidence.py): stream rows behind the top drifted keys
                 from audit.evidence import collect_evidence
@@ -262,6 +263,8 @@ def _audit(
                 capture_target(conn, bound, url, folder.staging)
                 # --- end of remediation hook
         finally:
+            if later is not None:
+                later.wait()
             try:
                 conn.rollback()
             finally:
@@ -289,13 +292,14 @@ def _audit(
 class _LaterSteps:
     """Imports the steps after the diffs, in a thread, while the database computes them.
 
-    A full diff is mostly a wait for the database, during which Python is idle:
-    pyarrow, the evidence, plan and report modules and their compiled templates
-    load meanwhile (~0.15 s of imports). The audit calls :meth:`wait` before its
-    next step. Until then the only import it may make is pyarrow's (when a diff's
-    findings fill a batch), and pyarrow imports nothing of drift's, so neither
-    thread can wait on a module the other is half-way through. A failure here is
-    ignored: the step that needs the module imports it again and reports the error.
+    Row counts and full diffs are mostly a wait for the database, during which
+    Python is idle: pyarrow, the evidence, plan and report modules and their
+    compiled templates load meanwhile (~0.15 s of imports). The audit calls
+    :meth:`wait` after the diffs. Until then the only import it may make is
+    pyarrow's (when a diff's findings fill a batch), and pyarrow imports nothing
+    of drift's, so neither thread can wait on a module the other is half-way
+    through. A failure here is ignored: the step that needs the module imports it
+    again and reports the error.
     """
 
     def __init__(self, report: bool) -> None:
