@@ -231,6 +231,9 @@ class _InList(ColumnElement[bool]):
 
     inherit_cache = False
     type = sa.Boolean()
+    # A condition, as ``IN`` is: without this, SQLAlchemy writes ``(... IN (...)) = 1`` on
+    # SQLite and MariaDB (no native boolean), which no index can serve.
+    _is_implicitly_boolean = True
 
     def __init__(self, column: ColumnElement, values: list[Any]) -> None:
         self.column = column

@@ -229,3 +229,48 @@ def test_key_lists_travel_as_one_array_on_postgresql(backend):
     if backend.name == "postgresql":  # (sqlite3 cannot bind a Decimal at all)
         sql, hits = found(table.c.i, [1, Decimal(2)])
         assert hits == [1, 2] and "= ANY" not in sql
+
+
+def test_a_key_list_is_a_plain_condition_an_index_can_serve(backend):
+    """Without native booleans (SQLite, MariaDB) SQLAlchemy would write a custom boolean
+    element as ``(k IN (...)) = 1``, which no index serves: SQLite then scanned a whole
+    stream table for each evidence batch (10x slower at 1M stream rows)."""
+    from audit.rebuild import key_filter_clause
+
+    meta = sa.MetaData()
+    table = sa.Table(
+        "keyed_t",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("k", sa.String(20), index=True),
+        sa.Column("v", sa.Integer),
+    )
+    with backend.engine.begin() as conn:
+        meta.create_all(conn)
+        rows = [{"id": i, "k": f"k{i % 500}", "v": i} for i in range(1, 5001)]
+        conn.execute(table.insert(), rows)
+        if backend.name == "sqlite":
+            conn.exec_driver_sql("ANALYZE")
+    clause = key_filter_clause([table.c.k], [("k1",), ("k7",)])
+    ranked = sa.func.row_number().over(partition_by=table.c.k, order_by=table.c.id.desc())
+    inner = sa.select(table, ranked.label("pos")).where(clause).subquery()
+    query = sa.select(inner).where(inner.c.pos <= 3).order_by(inner.c.k, inner.c.pos)
+    sql = " ".join(str(query.compile(backend.engine)).split())
+    assert "= 1" not in sql
+    with backend.engine.connect() as conn:
+        rows = conn.execute(query).all()
+        if backend.name == "sqlite":
+            compiled = query.compile(
+                backend.engine, compile_kwargs={"render_postcompile": True}
+            )
+            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
+            assert any("SEARCH keyed_t USING INDEX" in str(step) for step in plan), plan
+    assert [(r.k, r.id) for r in rows] == [
+        ("k1", 4501),
+        ("k1", 4001),
+        ("k1", 3501),
+        ("k7", 4507),
+        ("k7", 4007),
+        ("k7", 3507),
+    ]
