@@ -260,9 +260,7 @@ def test_a_key_list_is_a_plain_condition_an_index_can_serve(backend):
     with backend.engine.connect() as conn:
         rows = conn.execute(query).all()
         if backend.name == "sqlite":
-            compiled = query.compile(
-                backend.engine, compile_kwargs={"render_postcompile": True}
-            )
+            compiled = query.compile(backend.engine, compile_kwargs={"render_postcompile": True})
             params = tuple(compiled.params[name] for name in compiled.positiontup or ())
             plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
             assert any("SEARCH keyed_t USING INDEX" in str(step) for step in plan), plan
