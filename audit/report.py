@@ -909,6 +909,9 @@ def render_report(
         if not (folder / FINDINGS_CSV).is_file():
             write_findings_csv(folder)
         html = render_html(report)
+        # Freed by reference counting while the collector still sleeps: alive when
+        # it wakes, the report's objects would all be walked by its next pass.
+        del report
     path = folder / REPORT
     partial = folder / f".{REPORT}.partial"
     try:
