@@ -437,46 +437,84 @@ def _plan_actions(actions: list[dict]) -> tuple[PlanAction, ...]:
     return tuple(out)
 
 
-def _stream_evidence(rows: list[EvidenceRow], per_source: int) -> tuple[StreamEvidence, ...]:
-    """The evidence panel of one key: ``rows`` sorted by source, newest first."""
+def _stream_evidence(
+    rows: list[EvidenceRow],
+    per_source: int,
+    cells: dict[Any, Cell] | None = None,
+    roles_of: dict[str | None, dict[str, str]] | None = None,
+) -> tuple[StreamEvidence, ...]:
+    """The evidence panel of one key: ``rows`` sorted by source, newest first.
+
+    ``cells`` and ``roles_of`` are caches that a caller may share between keys:
+    the cell of a string or integer value (stream rows repeat their keys and
+    kinds), and the roles decoded from a row's ``roles`` text.
+    """
+    if cells is None:
+        cells = {}
+    if roles_of is None:
+        roles_of = {}
     by_source: dict[str, list[EvidenceRow]] = {}
     for row in rows:
         by_source.setdefault(row.source, []).append(row)
     out = []
+    cached = cells.get
     for source, items in by_source.items():
         decoded = [from_json(r.row) for r in items[:per_source]]
         columns: dict[str, None] = {}
         for d in decoded:
             if isinstance(d, dict):
                 columns.update(dict.fromkeys(d))
-        roles: dict[str, str] = {}
-        try:
-            spec_roles = json.loads(items[0].roles or "{}")
-        except ValueError:
-            spec_roles = {}
-        if not isinstance(spec_roles, dict):
-            spec_roles = {}
-        for role in ("key", "order_by"):
-            for name in spec_roles.get(role) or []:
-                roles.setdefault(str(name), role)
-        if spec_roles.get("time"):
-            roles.setdefault(str(spec_roles["time"]), "time")
-        unknown = (_UNKNOWN,) * len(columns)
+        roles = roles_of.get(items[0].roles)
+        if roles is None:
+            roles = roles_of[items[0].roles] = _roles(items[0].roles)
+        names = tuple(columns)
+        unknown = (_UNKNOWN,) * len(names)
+        cell_rows = []
+        for d in decoded:
+            if not isinstance(d, dict):
+                cell_rows.append(unknown)
+                continue
+            line = []
+            for name in names:
+                value = d.get(name)
+                # Only exact str and int: True == 1 and Decimal("1.0") == Decimal("1.00")
+                # as keys, yet their cells differ.
+                kind = type(value)
+                if kind is str or kind is int:
+                    cell = cached(value)
+                    if cell is None:
+                        cell = cells[value] = value_cell(value)
+                else:
+                    cell = value_cell(value)
+                line.append(cell)
+            cell_rows.append(tuple(line))
         out.append(
             StreamEvidence(
                 source=source,
-                columns=tuple(columns),
-                roles=roles,
-                rows=tuple(
-                    tuple([value_cell(d.get(c)) for c in columns])
-                    if isinstance(d, dict)
-                    else unknown
-                    for d in decoded
-                ),
+                columns=names,
+                roles=dict(roles),
+                rows=tuple(cell_rows),
                 collected=len(items),
             )
         )
     return tuple(out)
+
+
+def _roles(text: str | None) -> dict[str, str]:
+    """Column name -> role ("key", "order_by", "time") from an evidence row's roles."""
+    roles: dict[str, str] = {}
+    try:
+        spec_roles = json.loads(text or "{}")
+    except ValueError:
+        spec_roles = {}
+    if not isinstance(spec_roles, dict):
+        spec_roles = {}
+    for role in ("key", "order_by"):
+        for name in spec_roles.get(role) or []:
+            roles.setdefault(str(name), role)
+    if spec_roles.get("time"):
+        roles.setdefault(str(spec_roles["time"]), "time")
+    return roles
 
 
 def _iso_seconds(epoch: float) -> str:
@@ -664,6 +702,8 @@ def build_report(
     per_source = max(MIN_EVIDENCE_ROWS, min(ROWS_PER_KEY, HTML_EVIDENCE_ROWS // max(groups, 1)))
     first_row_of: dict[tuple[str, str], int] = {}
     rows: list[FindingRow] = []
+    cells: dict[Any, Cell] = {}
+    roles_of: dict[str | None, dict[str, str]] = {}
     for i, f in enumerate(top):
         pair = (f["entity"], f["key"])
         shows_evidence = pair not in first_row_of and pair in evidence
@@ -686,7 +726,11 @@ def build_report(
                 attribution=(
                     _attribution(f.get("cause"), f.get("evidence")) if has_attribution else None
                 ),
-                evidence=_stream_evidence(evidence[pair], per_source) if shows_evidence else (),
+                evidence=(
+                    _stream_evidence(evidence[pair], per_source, cells, roles_of)
+                    if shows_evidence
+                    else ()
+                ),
                 evidence_at=first_row_of.get(pair),
                 plan=_plan_actions(actions),
             )

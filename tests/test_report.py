@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -475,6 +476,23 @@ def test_evidence_budget_and_shared_keys(tmp_path):
     doc = page(folder)
     link = visible_findings(doc)[1].find("a")
     assert link.attrs["href"] == "#f-0"
+
+
+def test_evidence_cells_of_equal_values_keep_their_own_text(tmp_path):
+    """1, True, 1.0 and 1.00 are one dict key, yet each cell shows its own JSON text
+    (the report shares the cells of repeated values between keys)."""
+    values = [1, True, Decimal("1.0"), Decimal("1.00"), "1", 1.0, False, 0, None, [1], "true"]
+    keys = [f"K{i:02}" for i in range(len(values))]
+    findings = [Finding("acct", (k,), "mismatch", "x", 1, 2, -1.0) for k in keys]
+    evidence = [
+        evidence_row("acct", key_to_json([k]), 0, {"id": 1, "v": v}) for k, v in zip(keys, values)
+    ]
+    folder = make_folder(tmp_path / "eq", findings, {"acct": ["x"]}, evidence=evidence)
+    shown = {f.key: f.evidence[0].rows[0][1] for f in build_report(folder).findings}
+    assert [shown[key_to_json([k])].text for k in keys] == [
+        "1", "true", "1.0", "1.00", "1", "1.0", "false", "0", "NULL", "[1]", "true"
+    ]  # fmt: skip
+    assert [shown[key_to_json([k])].null for k in keys].count(True) == 1
 
 
 # --------------------------------------------------------------------------- charts
