@@ -893,8 +893,31 @@ def rows_html(rows: Iterable[tuple[Cell, ...]]) -> Markup:
     return Markup("".join(lines))
 
 
+def head_html(columns: tuple[str, ...], roles: dict[str, str]) -> Markup:
+    """The header row of a stream's evidence table, each column's role marked."""
+    cells = []
+    for c in columns:
+        name = str(escape(c))
+        if c in roles:
+            role = str(escape(roles[c]))
+            cells.append(f'<th class="role-{role}">{name} <span class="role">{role}</span></th>')
+        else:
+            cells.append(f'<th class="role-value">{name}</th>')
+    return Markup("<tr>" + "".join(cells) + "</tr>")
+
+
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML document."""
+    heads: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Markup] = {}
+
+    def head(columns: tuple[str, ...], roles: dict[str, str]) -> Markup:
+        # Every key of one stream has the same header: made once.
+        shape = (columns, tuple(roles.items()))
+        html = heads.get(shape)
+        if html is None:
+            html = heads[shape] = head_html(columns, roles)
+        return html
+
     env = html_environment()
     style = env.get_template("report/style.css.j2").render()
     script = env.get_template("report/script.js.j2").render()
@@ -913,6 +936,7 @@ def render_html(report: Report) -> str:
         row_kinds=_ROW_KINDS,
         cell=cell_html,
         rows=rows_html,
+        head=head,
         findings_csv=FINDINGS_CSV,
         evidence_keys=EVIDENCE_KEYS,
     )
