@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from itertools import chain
+from operator import gt, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -888,9 +890,26 @@ def rows_html(rows: Iterable[tuple[Cell, ...]]) -> Markup:
     Evidence panels hold most of the report's cells; building their rows here
     rather than with a template macro per cell is most of the render time saved.
     """
+    rows = rows if isinstance(rows, (list, tuple)) else list(rows)
+    cells = list(chain.from_iterable(rows))
+    texts = list(map(_TEXT, cells))
+    if (
+        rows
+        and all(rows)
+        and not any(map(_NULL_FLAG, cells))
+        and not any(map(gt, map(_FULL_LENGTH, cells), map(len, texts)))
+        and not _MARKUP_CHARS.search("".join(texts))
+    ):
+        # The usual panel: every cell shows its text as it is (nothing to escape,
+        # no NULL, nothing clipped), checked for all cells at once.
+        lines = ["</td><td>".join(map(_TEXT, row)) for row in rows]
+        return Markup("<tr><td>" + "</td></tr>\n<tr><td>".join(lines) + "</td></tr>\n")
     cell = _cell_html
     lines = ["<tr>" + "".join([f"<td>{cell(c)}</td>" for c in row]) + "</tr>\n" for row in rows]
     return Markup("".join(lines))
+
+
+_TEXT, _NULL_FLAG, _FULL_LENGTH = itemgetter(0), itemgetter(1), itemgetter(2)  # Cell fields
 
 
 def head_html(columns: tuple[str, ...], roles: dict[str, str]) -> Markup:
@@ -904,6 +923,28 @@ def head_html(columns: tuple[str, ...], roles: dict[str, str]) -> Markup:
         else:
             cells.append(f'<th class="role-value">{name}</th>')
     return Markup("<tr>" + "".join(cells) + "</tr>")
+
+
+def streams_html(
+    evidence: Iterable[StreamEvidence],
+    head: Any = head_html,
+    rows: Any = rows_html,
+) -> Markup:
+    """The evidence tables of one key, one per stream: a title, the header, the rows."""
+    parts = []
+    for s in evidence:
+        shown = len(s.rows)
+        title = f"<h3>{escape(s.source)}: last {escape(shown)} row(s), newest first"
+        if s.collected > shown:
+            title += (
+                f' <span class="clipped">({escape(s.collected)} collected;'
+                " all in evidence.parquet)</span>"
+            )
+        parts.append(
+            f'{title}</h3>\n<table class="stream-rows">\n<thead>{head(s.columns, s.roles)}'
+            f"</thead>\n<tbody>\n{rows(s.rows)}</tbody>\n</table>\n"
+        )
+    return Markup("".join(parts))
 
 
 def render_html(report: Report) -> str:
@@ -937,6 +978,7 @@ def render_html(report: Report) -> str:
         cell=cell_html,
         rows=rows_html,
         head=head,
+        streams=lambda evidence: streams_html(evidence, head),
         findings_csv=FINDINGS_CSV,
         evidence_keys=EVIDENCE_KEYS,
     )

@@ -548,6 +548,27 @@ def test_cells_are_escaped_once_in_python():
     assert str(cell_html(value_cell(None))) == '<span class="null">NULL</span>'
 
 
+def test_rows_of_plain_cells_are_their_texts_and_one_other_cell_is_still_escaped():
+    """Rows whose cells need no escape, NULL mark or clip note are joined as they are;
+    one cell that needs any of them anywhere in the rows takes the cell-by-cell path."""
+    plain = [(Cell("1"), Cell("SKU-1"), Cell("?")), (Cell("2"), Cell("é 🦊"), Cell(""))]
+    expected = (
+        "<tr><td>1</td><td>SKU-1</td><td>?</td></tr>\n<tr><td>2</td><td>é 🦊</td><td></td></tr>\n"
+    )
+    assert str(rows_html(plain)) == expected
+    assert str(rows_html(iter(plain))) == expected
+    assert str(rows_html([()])) == "<tr></tr>\n"
+    for other, html in [
+        (Cell("a&b"), "a&amp;b"),
+        (Cell(">"), "&gt;"),
+        (Cell("'"), "&#39;"),
+        (value_cell(None), '<span class="null">NULL</span>'),
+        (clip("y" * 400), "y" * 300 + '… <span class="clipped">(400 chars)</span>'),
+    ]:
+        rows = [*plain, (Cell("3"), other, Cell("x"))]
+        assert str(rows_html(rows)) == expected + f"<tr><td>3</td><td>{html}</td><td>x</td></tr>\n"
+
+
 def test_the_collector_is_paused_only_while_rendering(tmp_path, monkeypatch):
     import gc
 
