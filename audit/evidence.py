@@ -26,6 +26,7 @@ float stream key for an integer entity key, say) get no evidence.
 from __future__ import annotations
 
 import json
+import operator
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,11 +198,20 @@ def read_evidence(
     wanted = pa.array(sorted({k for _, k in keys}), type=pa.string())
     table = table.filter(pc.is_in(table["key"], value_set=wanted))
     found: dict[tuple[str, str], list[EvidenceRow]] = {}
-    columns = [table[name].to_pylist() for name in table.column_names]
-    for entity, key, source, position, row, roles in zip(*columns):
+    entities, key_texts = table["entity"].to_pylist(), table["key"].to_pylist()
+    details = zip(*[table[name].to_pylist() for name in ("source", "position", "row", "roles")])
+    make = EvidenceRow._make
+    for entity, key, detail in zip(entities, key_texts, details):
         pair = (entity, key)
-        if pair in keys:
-            found.setdefault(pair, []).append(EvidenceRow(source, position, row, roles))
+        rows = found.get(pair)
+        if rows is None:
+            if pair not in keys:
+                continue
+            rows = found[pair] = []
+        rows.append(make(detail))
     for rows in found.values():
-        rows.sort(key=lambda r: (r.source, r.position))
+        rows.sort(key=_SOURCE_POSITION)
     return found
+
+
+_SOURCE_POSITION = operator.itemgetter(0, 1)  # EvidenceRow (source, position)

@@ -14,7 +14,7 @@ import json
 import math
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -181,15 +181,28 @@ def key_to_json(key: Iterable[Any]) -> str:
 
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def from_json(text: str | None) -> Any:
     """Parse JSON text written by :func:`to_json`, decimals as Decimal."""
     if text is None:
         return ABSENT
-    if type(text) is str and not text.startswith("\ufeff"):
-        # json.loads(text, parse_float=Decimal) builds this decoder on every call.
-        return _DECODER.decode(text)
+    if type(text) is str:
+        # The decoder's scanner alone, when it reads the whole text from its first
+        # character (the report decodes every embedded stream row). Anything else
+        # (whitespace around the value, a byte order mark, an error) takes the
+        # decoder's own path below, which answers or raises exactly as before.
+        try:
+            value, end = _SCAN(text, 0)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text):
+                return value
+        if not text.startswith("\ufeff"):
+            # json.loads(text, parse_float=Decimal) builds this decoder on every call.
+            return _DECODER.decode(text)
     return json.loads(text, parse_float=Decimal)
 
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from itertools import chain
+from operator import gt, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -437,46 +439,84 @@ def _plan_actions(actions: list[dict]) -> tuple[PlanAction, ...]:
     return tuple(out)
 
 
-def _stream_evidence(rows: list[EvidenceRow], per_source: int) -> tuple[StreamEvidence, ...]:
-    """The evidence panel of one key: ``rows`` sorted by source, newest first."""
+def _stream_evidence(
+    rows: list[EvidenceRow],
+    per_source: int,
+    cells: dict[Any, Cell] | None = None,
+    roles_of: dict[str | None, dict[str, str]] | None = None,
+) -> tuple[StreamEvidence, ...]:
+    """The evidence panel of one key: ``rows`` sorted by source, newest first.
+
+    ``cells`` and ``roles_of`` are caches that a caller may share between keys:
+    the cell of a string or integer value (stream rows repeat their keys and
+    kinds), and the roles decoded from a row's ``roles`` text.
+    """
+    if cells is None:
+        cells = {}
+    if roles_of is None:
+        roles_of = {}
     by_source: dict[str, list[EvidenceRow]] = {}
     for row in rows:
         by_source.setdefault(row.source, []).append(row)
     out = []
+    cached = cells.get
     for source, items in by_source.items():
         decoded = [from_json(r.row) for r in items[:per_source]]
         columns: dict[str, None] = {}
         for d in decoded:
             if isinstance(d, dict):
                 columns.update(dict.fromkeys(d))
-        roles: dict[str, str] = {}
-        try:
-            spec_roles = json.loads(items[0].roles or "{}")
-        except ValueError:
-            spec_roles = {}
-        if not isinstance(spec_roles, dict):
-            spec_roles = {}
-        for role in ("key", "order_by"):
-            for name in spec_roles.get(role) or []:
-                roles.setdefault(str(name), role)
-        if spec_roles.get("time"):
-            roles.setdefault(str(spec_roles["time"]), "time")
-        unknown = (_UNKNOWN,) * len(columns)
+        roles = roles_of.get(items[0].roles)
+        if roles is None:
+            roles = roles_of[items[0].roles] = _roles(items[0].roles)
+        names = tuple(columns)
+        unknown = (_UNKNOWN,) * len(names)
+        cell_rows = []
+        for d in decoded:
+            if not isinstance(d, dict):
+                cell_rows.append(unknown)
+                continue
+            line = []
+            for name in names:
+                value = d.get(name)
+                # Only exact str and int: True == 1 and Decimal("1.0") == Decimal("1.00")
+                # as keys, yet their cells differ.
+                kind = type(value)
+                if kind is str or kind is int:
+                    cell = cached(value)
+                    if cell is None:
+                        cell = cells[value] = value_cell(value)
+                else:
+                    cell = value_cell(value)
+                line.append(cell)
+            cell_rows.append(tuple(line))
         out.append(
             StreamEvidence(
                 source=source,
-                columns=tuple(columns),
-                roles=roles,
-                rows=tuple(
-                    tuple([value_cell(d.get(c)) for c in columns])
-                    if isinstance(d, dict)
-                    else unknown
-                    for d in decoded
-                ),
+                columns=names,
+                roles=dict(roles),
+                rows=tuple(cell_rows),
                 collected=len(items),
             )
         )
     return tuple(out)
+
+
+def _roles(text: str | None) -> dict[str, str]:
+    """Column name -> role ("key", "order_by", "time") from an evidence row's roles."""
+    roles: dict[str, str] = {}
+    try:
+        spec_roles = json.loads(text or "{}")
+    except ValueError:
+        spec_roles = {}
+    if not isinstance(spec_roles, dict):
+        spec_roles = {}
+    for role in ("key", "order_by"):
+        for name in spec_roles.get(role) or []:
+            roles.setdefault(str(name), role)
+    if spec_roles.get("time"):
+        roles.setdefault(str(spec_roles["time"]), "time")
+    return roles
 
 
 def _iso_seconds(epoch: float) -> str:
@@ -664,6 +704,8 @@ def build_report(
     per_source = max(MIN_EVIDENCE_ROWS, min(ROWS_PER_KEY, HTML_EVIDENCE_ROWS // max(groups, 1)))
     first_row_of: dict[tuple[str, str], int] = {}
     rows: list[FindingRow] = []
+    cells: dict[Any, Cell] = {}
+    roles_of: dict[str | None, dict[str, str]] = {}
     for i, f in enumerate(top):
         pair = (f["entity"], f["key"])
         shows_evidence = pair not in first_row_of and pair in evidence
@@ -686,7 +728,11 @@ def build_report(
                 attribution=(
                     _attribution(f.get("cause"), f.get("evidence")) if has_attribution else None
                 ),
-                evidence=_stream_evidence(evidence[pair], per_source) if shows_evidence else (),
+                evidence=(
+                    _stream_evidence(evidence[pair], per_source, cells, roles_of)
+                    if shows_evidence
+                    else ()
+                ),
                 evidence_at=first_row_of.get(pair),
                 plan=_plan_actions(actions),
             )
@@ -844,13 +890,75 @@ def rows_html(rows: Iterable[tuple[Cell, ...]]) -> Markup:
     Evidence panels hold most of the report's cells; building their rows here
     rather than with a template macro per cell is most of the render time saved.
     """
+    rows = rows if isinstance(rows, (list, tuple)) else list(rows)
+    cells = list(chain.from_iterable(rows))
+    texts = list(map(_TEXT, cells))
+    if (
+        rows
+        and all(rows)
+        and not any(map(_NULL_FLAG, cells))
+        and not any(map(gt, map(_FULL_LENGTH, cells), map(len, texts)))
+        and not _MARKUP_CHARS.search("".join(texts))
+    ):
+        # The usual panel: every cell shows its text as it is (nothing to escape,
+        # no NULL, nothing clipped), checked for all cells at once.
+        lines = ["</td><td>".join(map(_TEXT, row)) for row in rows]
+        return Markup("<tr><td>" + "</td></tr>\n<tr><td>".join(lines) + "</td></tr>\n")
     cell = _cell_html
     lines = ["<tr>" + "".join([f"<td>{cell(c)}</td>" for c in row]) + "</tr>\n" for row in rows]
     return Markup("".join(lines))
 
 
+_TEXT, _NULL_FLAG, _FULL_LENGTH = itemgetter(0), itemgetter(1), itemgetter(2)  # Cell fields
+
+
+def head_html(columns: tuple[str, ...], roles: dict[str, str]) -> Markup:
+    """The header row of a stream's evidence table, each column's role marked."""
+    cells = []
+    for c in columns:
+        name = str(escape(c))
+        if c in roles:
+            role = str(escape(roles[c]))
+            cells.append(f'<th class="role-{role}">{name} <span class="role">{role}</span></th>')
+        else:
+            cells.append(f'<th class="role-value">{name}</th>')
+    return Markup("<tr>" + "".join(cells) + "</tr>")
+
+
+def streams_html(
+    evidence: Iterable[StreamEvidence],
+    head: Any = head_html,
+    rows: Any = rows_html,
+) -> Markup:
+    """The evidence tables of one key, one per stream: a title, the header, the rows."""
+    parts = []
+    for s in evidence:
+        shown = len(s.rows)
+        title = f"<h3>{escape(s.source)}: last {escape(shown)} row(s), newest first"
+        if s.collected > shown:
+            title += (
+                f' <span class="clipped">({escape(s.collected)} collected;'
+                " all in evidence.parquet)</span>"
+            )
+        parts.append(
+            f'{title}</h3>\n<table class="stream-rows">\n<thead>{head(s.columns, s.roles)}'
+            f"</thead>\n<tbody>\n{rows(s.rows)}</tbody>\n</table>\n"
+        )
+    return Markup("".join(parts))
+
+
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML document."""
+    heads: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Markup] = {}
+
+    def head(columns: tuple[str, ...], roles: dict[str, str]) -> Markup:
+        # Every key of one stream has the same header: made once.
+        shape = (columns, tuple(roles.items()))
+        html = heads.get(shape)
+        if html is None:
+            html = heads[shape] = head_html(columns, roles)
+        return html
+
     env = html_environment()
     style = env.get_template("report/style.css.j2").render()
     script = env.get_template("report/script.js.j2").render()
@@ -869,6 +977,8 @@ def render_html(report: Report) -> str:
         row_kinds=_ROW_KINDS,
         cell=cell_html,
         rows=rows_html,
+        head=head,
+        streams=lambda evidence: streams_html(evidence, head),
         findings_csv=FINDINGS_CSV,
         evidence_keys=EVIDENCE_KEYS,
     )
@@ -909,6 +1019,9 @@ def render_report(
         if not (folder / FINDINGS_CSV).is_file():
             write_findings_csv(folder)
         html = render_html(report)
+        # Freed by reference counting while the collector still sleeps: alive when
+        # it wakes, the report's objects would all be walked by its next pass.
+        del report
     path = folder / REPORT
     partial = folder / f".{REPORT}.partial"
     try:

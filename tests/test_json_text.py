@@ -17,6 +17,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.sql.elements import quoted_name
@@ -163,3 +164,20 @@ def test_from_json_reads_decimals_exactly_and_rejects_what_json_loads_rejects():
             assert type(exc) is expected
         else:
             raise AssertionError(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [" 1", "1 ", " [1.50] ", '\n{"a": 2.0}\n', "1 2", "[1] x", '"a"b', "{} {}", "tru", "\ufeff[1]"],
+)
+def test_from_json_answers_or_raises_as_json_loads_around_the_value(text):
+    """Texts the scanner does not read whole from their first character take the slow path."""
+    try:
+        expected = json.loads(text, parse_float=Decimal)
+    except ValueError as exc:
+        with pytest.raises(type(exc)) as raised:
+            from_json(text)
+        assert str(raised.value) == str(exc)
+    else:
+        value = from_json(text)
+        assert value == expected and repr(value) == repr(expected)

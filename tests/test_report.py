@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -477,6 +478,23 @@ def test_evidence_budget_and_shared_keys(tmp_path):
     assert link.attrs["href"] == "#f-0"
 
 
+def test_evidence_cells_of_equal_values_keep_their_own_text(tmp_path):
+    """1, True, 1.0 and 1.00 are one dict key, yet each cell shows its own JSON text
+    (the report shares the cells of repeated values between keys)."""
+    values = [1, True, Decimal("1.0"), Decimal("1.00"), "1", 1.0, False, 0, None, [1], "true"]
+    keys = [f"K{i:02}" for i in range(len(values))]
+    findings = [Finding("acct", (k,), "mismatch", "x", 1, 2, -1.0) for k in keys]
+    evidence = [
+        evidence_row("acct", key_to_json([k]), 0, {"id": 1, "v": v}) for k, v in zip(keys, values)
+    ]
+    folder = make_folder(tmp_path / "eq", findings, {"acct": ["x"]}, evidence=evidence)
+    shown = {f.key: f.evidence[0].rows[0][1] for f in build_report(folder).findings}
+    assert [shown[key_to_json([k])].text for k in keys] == [
+        "1", "true", "1.0", "1.00", "1", "1.0", "false", "0", "NULL", "[1]", "true"
+    ]  # fmt: skip
+    assert [shown[key_to_json([k])].null for k in keys].count(True) == 1
+
+
 # --------------------------------------------------------------------------- charts
 
 
@@ -528,6 +546,27 @@ def test_cells_are_escaped_once_in_python():
     # Already-escaped looking text is text: escaped again, never trusted.
     assert str(cell_html(Cell("&lt;b&gt;"))) == "&amp;lt;b&amp;gt;"
     assert str(cell_html(value_cell(None))) == '<span class="null">NULL</span>'
+
+
+def test_rows_of_plain_cells_are_their_texts_and_one_other_cell_is_still_escaped():
+    """Rows whose cells need no escape, NULL mark or clip note are joined as they are;
+    one cell that needs any of them anywhere in the rows takes the cell-by-cell path."""
+    plain = [(Cell("1"), Cell("SKU-1"), Cell("?")), (Cell("2"), Cell("é 🦊"), Cell(""))]
+    expected = (
+        "<tr><td>1</td><td>SKU-1</td><td>?</td></tr>\n<tr><td>2</td><td>é 🦊</td><td></td></tr>\n"
+    )
+    assert str(rows_html(plain)) == expected
+    assert str(rows_html(iter(plain))) == expected
+    assert str(rows_html([()])) == "<tr></tr>\n"
+    for other, html in [
+        (Cell("a&b"), "a&amp;b"),
+        (Cell(">"), "&gt;"),
+        (Cell("'"), "&#39;"),
+        (value_cell(None), '<span class="null">NULL</span>'),
+        (clip("y" * 400), "y" * 300 + '… <span class="clipped">(400 chars)</span>'),
+    ]:
+        rows = [*plain, (Cell("3"), other, Cell("x"))]
+        assert str(rows_html(rows)) == expected + f"<tr><td>3</td><td>{html}</td><td>x</td></tr>\n"
 
 
 def test_the_collector_is_paused_only_while_rendering(tmp_path, monkeypatch):
