@@ -20,8 +20,9 @@ import fcntl
 import hashlib
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -343,6 +344,22 @@ class ScriptDialect:
         """The type of a temp-table copy of ``column``."""
         return column.type
 
+    def copy_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        families: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> bool:
+        """Write ``rows`` (values in ``table``'s column order) with the driver's bulk load.
+
+        ``families`` are the columns' type families. In the current transaction;
+        False, having written nothing, when this database or driver has no bulk
+        load or it could store some value differently from ``table.insert()``:
+        the caller then inserts the rows itself.
+        """
+        return False
+
 
 class PostgresScript(ScriptDialect):
     name = "postgresql"
@@ -399,6 +416,66 @@ class PostgresScript(ScriptDialect):
 
     def release_apply_lock(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key})
+
+    def copy_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        families: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> bool:
+        # COPY (psycopg 3 only) writes each value as text, read by the column's input
+        # function; an INSERT sends it typed and casts. Only values whose two routes
+        # are known to meet are copied (see _copies_exactly).
+        if conn.dialect.driver != "psycopg" or not rows:
+            return False
+        if not all(_copies_exactly(f, [r[i] for r in rows]) for i, f in enumerate(families)):
+            return False
+        preparer = conn.dialect.identifier_preparer
+        names = ", ".join(preparer.quote(c.name) for c in table.columns)
+        statement = f"COPY {preparer.format_table(table)} ({names}) FROM STDIN"
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        dbapi = conn.dialect.loaded_dbapi
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except dbapi.Error as err:
+            # As SQLAlchemy would have raised it, so callers see one kind of error.
+            raise sa.exc.DBAPIError.instance(
+                statement, None, err, dbapi.Error, dialect=conn.dialect
+            ) from err
+        return True
+
+
+# Per type family, the Python types whose COPY text reaches the column exactly as the
+# INSERT's parameter does: text is read by the input function either way (psycopg sends
+# str untyped), and these numbers convert the same way as their text (numeric to float
+# goes through numeric's text too, except that numeric has no -0). Anything else (a
+# Decimal for an integer column, which the INSERT's cast rounds; a bool for text; text
+# for a boolean, which SQLAlchemy's Boolean refuses) sends the whole batch down the
+# INSERT path. tests/test_remediate_copy.py checks each choice against the server.
+_COPY_TYPES: dict[str, frozenset[type]] = {
+    "integer": frozenset({type(None), str, int}),
+    "numeric": frozenset({type(None), str, int, Decimal}),
+    "float": frozenset({type(None), str, int, Decimal}),
+    "string": frozenset({type(None), str}),
+    "boolean": frozenset({type(None), bool}),
+    "datetime": frozenset({type(None), str}),
+    "date": frozenset({type(None), str}),
+    "time": frozenset({type(None), str}),
+}
+
+
+def _copies_exactly(family: str, values: list[Any]) -> bool:
+    """True when COPY stores each of ``values`` exactly as an INSERT would."""
+    allowed = _COPY_TYPES.get(family)
+    if allowed is None or not {type(v) for v in values} <= allowed:
+        return False
+    if family == "float":
+        return not any(type(v) is Decimal and v.is_zero() and v.is_signed() for v in values)
+    return True
 
 
 class MySQLScript(ScriptDialect):
