@@ -88,7 +88,7 @@ def apply_plan(
     folder = plan_dir(plan)
     loaded = load_plan(folder)
     sha = plan_sha256(folder)
-    approvals = [] if dry_run else check_approvals(folder, require, purpose=operation)
+    approvals = [] if dry_run else check_approvals(folder, require, operation, sha256=sha)
     check_scripts(folder, loaded)  # the scripts a person reviewed are this plan's renderings
     spec = load_spec(spec_path(folder))
     if spec.sha256 != loaded.spec_sha256:
@@ -514,19 +514,25 @@ class _Run:
             if not ok_ids:
                 return
             new_value = col + temp.c.val if op == "delta" else temp.c.val
-            updated = conn.execute(
-                target.update().where(joined, guard).values({col.name: new_value})
-            ).rowcount
-            if updated != len(ok_ids):
+            update = target.update().where(joined, guard).values({col.name: new_value})
+            after: dict[int, Any] | None = None
+            if script.update_returning:
+                # The values after, as the UPDATE wrote them (one join fewer).
+                returned = conn.execute(update.returning(temp.c.action_id, col)).all()
+                updated, after = len(returned), dict(returned)
+            else:
+                updated = conn.execute(update).rowcount
+            if updated != len(ok_ids) or (after is not None and after.keys() != ok_ids.keys()):
                 raise GuardFailedError(
                     f"guard failed: {updated} row(s) of {entity} changed, {len(ok_ids)} expected; "
                     "nothing was applied"
                 )
-            after = dict(
-                conn.execute(
-                    sa.select(temp.c.action_id, col).select_from(temp.join(target, joined))
-                ).all()
-            )
+            if after is None:
+                after = dict(
+                    conn.execute(
+                        sa.select(temp.c.action_id, col).select_from(temp.join(target, joined))
+                    ).all()
+                )
             for action, _step in members:
                 if action.id in ok_ids:
                     changes.append(_change(action, ok_ids[action.id], after[action.id]))

@@ -111,14 +111,17 @@ def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "
     return approval
 
 
-def check_approvals(plan: str | Path, require: int = 1, purpose: str = "fix") -> list[Approval]:
+def check_approvals(
+    plan: str | Path, require: int = 1, purpose: str = "fix", sha256: str | None = None
+) -> list[Approval]:
     """The valid approvals for ``purpose``; refuses when there are too few or any is forged.
 
     An approval of other files (the plan changed after it was given) does not
     count, and when every approval is for other files the plan was tampered with.
+    ``sha256`` is the plan's :func:`plan_sha256` when the caller has just computed it.
     """
     folder = plan_dir(plan)
-    current = plan_sha256(folder)
+    current = plan_sha256(folder) if sha256 is None else sha256
     approvals = [a for a in read_approvals(folder) if a.purpose == purpose]
     what = "rollback" if purpose == "rollback" else "plan"
     if not approvals:

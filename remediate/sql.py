@@ -234,6 +234,8 @@ class ScriptDialect:
 
     name: ClassVar[str] = ""
     client: ClassVar[str] = ""
+    # drift apply reads the values after an UPDATE from its RETURNING clause (else a SELECT).
+    update_returning: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.audit = get_dialect(self.name)
@@ -364,6 +366,7 @@ class ScriptDialect:
 class PostgresScript(ScriptDialect):
     name = "postgresql"
     client = "psql"
+    update_returning = True
 
     def sa_dialect(self) -> sa.engine.Dialect:
         # The named paramstyle keeps "%" in literals as is (pyformat would double it).
