@@ -264,26 +264,35 @@ class ScriptDialect:
         is compiled once per table; each step's values are then rendered into
         it by the compiler that would have rendered them in place.
         """
-        slotted, values = _slotted(step)
-        row = None if slotted.row is None else tuple(slotted.row.items())
+        # The shape's identity: what _slotted(step) keeps (its slots are numbered
+        # in order, so which values are None decides them), without building it.
+        row = step.row
         key = (
             table,
             tuple(key_names),
-            slotted.op,
-            slotted.entity,
-            slotted.column,
-            slotted.key,
-            slotted.value,
-            slotted.observed,
-            row,
+            step.op,
+            step.entity,
+            step.column,
+            tuple(v is None for v in step.key),
+            step.value is None,
+            step.observed is None,
+            None if row is None else tuple((n, v is None) for n, v in row.items()),
         )
         try:
             shape = self._shapes[key]
         except KeyError:
+            slotted, _ = _slotted(step)
             compiled = self._compiled(step_statement(slotted, table, key_names, self))
             shape = self._shapes[key] = _Shape.of(compiled)
         if shape is None:
             return self.compile(step_statement(step, table, key_names, self))
+        values = [v for v in step.key if v is not None]
+        if step.value is not None:
+            values.append(step.value)
+        if step.observed is not None:
+            values.append(step.observed)
+        if row is not None:
+            values.extend(v for v in row.values() if v is not None)
         return shape.fill(values)
 
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
