@@ -37,6 +37,7 @@ from remediate.plan import (
     Plan,
     check_scripts,
     fix_step,
+    gc_paused,
     iter_keys,
     load_plan,
     plan_dir,
@@ -71,6 +72,7 @@ class ApplyResult:
         return len(self.changes)
 
 
+@gc_paused()
 def apply_plan(
     plan: str | Path,
     db: str,

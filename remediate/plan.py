@@ -21,13 +21,15 @@ are always manual.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cached_property
@@ -122,6 +124,24 @@ class Plan:
         return [a for a in self.actions if not a.is_manual]
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (reference counting still frees nearly all).
+
+    Planning or applying 100,000 actions keeps about a million objects alive to
+    the end; each full collection walks all of them again, and the allocations
+    of the run trigger one after another (about 1.5 s of a 6.5 s apply of
+    100,000 actions). Collection resumes afterwards, unless it was off already.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -178,6 +198,7 @@ def _number(value: Any) -> Any:
 # --------------------------------------------------------------------------- planning
 
 
+@gc_paused()
 def build_plan(
     audit_dir: str | Path, options: PlanOptions | None = None, audit_name: str | None = None
 ) -> Plan:
@@ -493,6 +514,7 @@ def _json_text(value: Any) -> str:
 _encode_text: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
+@gc_paused()
 def write_plan(audit_dir: str | Path, plan: Plan) -> Path:
     """Write plan/ atomically (replacing an older plan and its approvals)."""
     audit_dir = Path(audit_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -156,6 +157,28 @@ def test_target_override_is_logged(sqlite_backend, tmp_path):
         reason = conn.execute(sa.text("SELECT target_override FROM drift_remediation_log"))
         assert reason.scalar_one() == "restored copy, INC-42"
     engine.dispose()
+
+
+def test_apply_pauses_the_cyclic_gc_and_restores_it(sqlite_backend, tmp_path):
+    audit = audited_shop(sqlite_backend, tmp_path)
+    approve(audit, "alice")
+    during: list[bool] = []
+    assert gc.isenabled()
+    apply_plan(
+        audit, sqlite_backend.url, dry_run=True, progress=lambda _: during.append(gc.isenabled())
+    )
+    assert during and not any(during)
+    assert gc.isenabled()
+    # Off before (the caller's choice), off after; and on again after a failure.
+    gc.disable()
+    try:
+        apply_plan(audit, sqlite_backend.url, dry_run=True)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RefusedError):
+        apply_plan(audit, sqlite_backend.url, batch_size=0)
+    assert gc.isenabled()
 
 
 @pytest.mark.scenario("rollback restores the state exactly")
