@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from audit.collector import collector_paused
 from audit.errors import AuditFolderError, OutputError, PlanError
@@ -401,14 +401,14 @@ def render_script(plan: Plan, operation: str) -> str:
         )
     )
     blocks = [
-        {
-            "comment": _comment(
+        _Block(
+            _comment(
                 f"action {a.id}: {a.kind} {a.entity}"
                 + (f".{a.column}" if a.column else "")
                 + f" ({_mode_text(a.mode, rollback)})"
             ),
-            "sql": (a.rollback_sql if rollback else a.sql)[0],
-        }
+            (a.rollback_sql if rollback else a.sql)[0],
+        )
         for a in ordered
     ]
     manual = [
@@ -439,6 +439,14 @@ def render_script(plan: Plan, operation: str) -> str:
         manual=manual,
         commit=script.commit(),
     )
+
+
+class _Block(NamedTuple):
+    """One action in a script's template. Jinja reads ``block.comment`` from an
+    attribute directly; from a dict it first fails getattr (an exception per action)."""
+
+    comment: str
+    sql: str
 
 
 def _mode_text(mode: str, rollback: bool) -> str:
