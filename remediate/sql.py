@@ -454,9 +454,13 @@ class PostgresScript(ScriptDialect):
                 for row in rows:
                     copy.write_row(row)
         except dbapi.Error as err:
-            # As SQLAlchemy would have raised it, so callers see one kind of error.
+            # As SQLAlchemy raises a failed statement: one kind of error for callers, and
+            # a lost connection invalidated (its transaction then rolls back as a no-op).
+            lost = conn.dialect.is_disconnect(err, driver, None)
+            if lost:
+                conn.invalidate(err)
             raise sa.exc.DBAPIError.instance(
-                statement, None, err, dbapi.Error, dialect=conn.dialect
+                statement, None, err, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
             ) from err
         return True
 

@@ -160,6 +160,27 @@ def test_copy_stores_each_value_exactly_as_the_insert(postgres):
         assert conn.execute(sa.text("SELECT count(*) FROM vals")).scalar_one() == 0
 
 
+def test_a_failed_copy_is_an_sqlalchemy_error_and_a_lost_connection_is_invalidated(postgres):
+    script = PostgresScript()
+    table = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("v", sa.String(3)))
+    with postgres.engine.connect() as conn:
+        conn.execute(sa.text("CREATE TEMPORARY TABLE t (id integer, v varchar(3))"))
+        with pytest.raises(sa.exc.DataError) as bad:
+            script.copy_rows(conn, table, ["integer", "string"], [(1, "abcd")])
+        assert not bad.value.connection_invalidated and "COPY" in str(bad.value)
+        conn.rollback()
+        conn.execute(sa.text("CREATE TEMPORARY TABLE t (id integer, v varchar(3))"))
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        admin.dispose()
+        with pytest.raises(sa.exc.OperationalError) as lost:
+            script.copy_rows(conn, table, ["integer", "string"], [(1, "abc")])
+        assert lost.value.connection_invalidated and conn.invalidated
+        conn.rollback()  # as after any lost connection: nothing to roll back, no new error
+
+
 def test_only_postgresql_with_psycopg_copies():
     for name in ("mysql", "sqlite"):
         assert type(get_script(name)).copy_rows is ScriptDialect.copy_rows
