@@ -304,7 +304,9 @@ def safe_json(data: Any) -> Markup:
 
 def clip(text: str, limit: int = CLIP) -> Cell:
     length = len(text)
-    if length <= limit:
+    # One character over the limit is shown whole: "…" in its place would hide it
+    # and, the clipped text being as long as the value, get no "(N chars)" note.
+    if length <= limit + 1:
         return Cell(text, False, length)
     return Cell(text[:limit] + "…", False, length)
 
@@ -329,7 +331,7 @@ def value_cell(value: Any) -> Cell:
     text = value if isinstance(value, str) else to_json(value)
     # clip(), inlined: the report builds a cell for every embedded stream value.
     length = len(text)
-    if length <= CLIP:
+    if length <= CLIP + 1:
         return Cell(text, False, length)
     return Cell(text[:CLIP] + "…", False, length)
 

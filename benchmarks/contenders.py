@@ -80,8 +80,12 @@ PG_AUDIT_SETTINGS = (
 )
 
 
-#: The setting of drift's MariaDB full diff (``MySQLDialect.whole_table_settings``).
-MYSQL_AUDIT_SETTINGS = ("SET SESSION optimizer_switch = 'derived_merge=off'",)
+#: The settings of drift's MariaDB full diff (``MySQLDialect.whole_table_settings``).
+MYSQL_AUDIT_SETTINGS = (
+    "SET SESSION optimizer_switch = 'derived_merge=off'",
+    "SET SESSION max_heap_table_size = GREATEST(@@SESSION.max_heap_table_size, 268435456)",
+    "SET SESSION tmp_table_size = GREATEST(@@SESSION.tmp_table_size, 268435456)",
+)
 
 
 def _raw_connection(url: str):  # type: ignore[no-untyped-def]

@@ -153,11 +153,19 @@ def test_whole_table_settings_only_around_a_full_diff(backend, tmp_path, monkeyp
             "SET LOCAL enable_indexonlyscan TO DEFAULT",
         ]
     elif backend.name == "mysql":
-        # MariaDB: derived tables materialized (a merged first/last window filters late).
+        # MariaDB: derived tables materialized (a merged first/last window filters late)
+        # and kept in memory up to 256 MB; each setting restored after.
+        size = 256 * 1024 * 1024
         assert settings == [
             "SET @drift_optimizer_switch = @@SESSION.optimizer_switch",
+            "SET @drift_tmp_table_size = @@SESSION.tmp_table_size",
+            "SET @drift_max_heap_table_size = @@SESSION.max_heap_table_size",
             "SET SESSION optimizer_switch = 'derived_merge=off'",
+            f"SET SESSION max_heap_table_size = GREATEST(@@SESSION.max_heap_table_size, {size})",
+            f"SET SESSION tmp_table_size = GREATEST(@@SESSION.tmp_table_size, {size})",
             "SET SESSION optimizer_switch = @drift_optimizer_switch",
+            "SET SESSION tmp_table_size = @drift_tmp_table_size",
+            "SET SESSION max_heap_table_size = @drift_max_heap_table_size",
         ]
     else:
         assert settings == []
@@ -272,3 +280,33 @@ def test_a_key_list_is_a_plain_condition_an_index_can_serve(backend):
         ("k7", 4007),
         ("k7", 3507),
     ]
+
+
+def test_mariadb_temporary_tables_stay_in_memory_during_a_full_diff_and_no_longer(tmp_path):
+    """The session's temporary-table limits are raised for the diff (never lowered) and
+    put back as they were."""
+    from audit.dialects import TEMP_TABLE_BYTES, MySQLDialect
+    from tests.conftest import make_backend
+
+    backend_gen = make_backend("mysql", tmp_path)
+    backend = next(backend_gen)
+    before, after = MySQLDialect().whole_table_settings()
+    query = (
+        "SELECT @@SESSION.tmp_table_size, @@SESSION.max_heap_table_size, @@SESSION.optimizer_switch"
+    )
+    try:
+        with backend.engine.connect() as conn:
+            for start in (16 * 1024 * 1024, 2 * TEMP_TABLE_BYTES):
+                conn.exec_driver_sql(f"SET SESSION tmp_table_size = {start}")
+                conn.exec_driver_sql(f"SET SESSION max_heap_table_size = {start}")
+                original = conn.exec_driver_sql(query).one()
+                for statement in before:
+                    conn.exec_driver_sql(statement)
+                during = conn.exec_driver_sql(query).one()
+                for statement in after:
+                    conn.exec_driver_sql(statement)
+                assert tuple(during[:2]) == (max(start, TEMP_TABLE_BYTES),) * 2
+                assert "derived_merge=off" in during[2]
+                assert tuple(conn.exec_driver_sql(query).one()) == tuple(original)
+    finally:
+        next(backend_gen, None)

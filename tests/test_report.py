@@ -548,6 +548,14 @@ def test_cells_are_escaped_once_in_python():
     assert str(cell_html(value_cell(None))) == '<span class="null">NULL</span>'
 
 
+def test_a_clipped_value_always_says_how_long_it_was():
+    for cell in (clip, value_cell):
+        assert str(rows_html([(cell("z" * 301),)])) == f"<tr><td>{'z' * 301}</td></tr>\n"
+        assert str(rows_html([(cell("z" * 302),)])) == (
+            f'<tr><td>{"z" * 300}… <span class="clipped">(302 chars)</span></td></tr>\n'
+        )
+
+
 def test_rows_of_plain_cells_are_their_texts_and_one_other_cell_is_still_escaped():
     """Rows whose cells need no escape, NULL mark or clip note are joined as they are;
     one cell that needs any of them anywhere in the rows takes the cell-by-cell path."""
