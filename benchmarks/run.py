@@ -326,10 +326,15 @@ def markdown(
         rss_vs = f"{r['rss_mb'] / drift_rss:.1f}x" if drift_rss else ""
         label = LABELS[str(r["contender"])] + (" **(baseline)**" if r["baseline"] else "")
         lines.append(
-            f"| {label} | {r['wall']:.2f} | {r['wall_ratio']:.2f} "
-            f"| {r['inner']:.2f} | {r['inner_ratio']:.2f} | {r['rss_mb']:.0f} | {rss_vs} |"
+            f"| {label} | {r['wall']:.2f} | {_ratio(r['wall_ratio'])} "
+            f"| {r['inner']:.2f} | {_ratio(r['inner_ratio'])} | {r['rss_mb']:.0f} | {rss_vs} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: float) -> str:
+    """A ratio to the baseline; a dash when the run had no lower bound."""
+    return "–" if value != value else f"{value:.2f}"  # NaN is not equal to itself
 
 
 def _script_section(title: str, script: list[str]) -> str:
