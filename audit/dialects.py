@@ -35,6 +35,11 @@ class Dialect:
     #: (it cannot push a filter on the joined key into one side of a full join);
     #: SQLite would scan such a subquery once per row, so it joins the table whole.
     filters_current_rows: ClassVar[bool] = False
+    #: A first/last fold whose stream is ordered by one unique NOT NULL column picks
+    #: its row by joining back ``max``/``min`` of that column per key instead of a
+    #: ``ROW_NUMBER()`` window: MariaDB materializes the whole window before keeping
+    #: ``rn = 1`` (5M order events: 19 s as a window, 4 s picked).
+    picks_first_last: ClassVar[bool] = False
     #: Other connections can join an open snapshot (:meth:`export_snapshot`), so
     #: entities can be diffed in parallel and still read one database state.
     shares_snapshot: ClassVar[bool] = False
@@ -163,6 +168,7 @@ TEMP_TABLE_BYTES = 256 * 1024 * 1024
 
 class MySQLDialect(Dialect):
     name = "mysql"
+    picks_first_last = True
     snapshot_isolation = "WITH CONSISTENT SNAPSHOT, READ ONLY (REPEATABLE READ)"
 
     def open_snapshot(self, conn: Connection) -> Connection:

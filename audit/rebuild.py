@@ -176,6 +176,51 @@ def _window(
     return outer.subquery(alias or f"fl{index}")
 
 
+def _pickable(stream: BoundStream) -> bool:
+    """One unique NOT NULL ``order_by`` column: its max (min) per key names one row."""
+    return (
+        len(stream.order_by) == 1
+        and isinstance(stream.order_by[0], sa.Column)
+        and stream.order_is_unique
+        and stream.order_is_not_null
+    )
+
+
+def _picked(
+    stream: BoundStream,
+    index: int,
+    column: BoundColumn,
+    only_keys: KeyFilter | None,
+    carried: list[tuple[Any, str]] | None = None,
+    alias: str | None = None,
+) -> Subquery:
+    """What :func:`_window` returns, from the row whose order value is the key's max
+    (``last``) or min (``first``), joined back by that value (see ``_pickable``).
+
+    ``carried`` aggregates come from the same GROUP BY as the pick. There are no ties
+    to flag (the column is unique) and no NULL order values to place.
+    """
+    labels = key_labels(len(stream.key))
+    order = stream.order_by[0]
+    pick = sa.func.max(order) if column.spec.fold == "last" else sa.func.min(order)
+    picked = [*(k.label(lbl) for k, lbl in zip(stream.key, labels)), pick.label("pick")]
+    picked += [func.label(lbl) for func, lbl in carried or []]
+    picks = sa.select(*picked).select_from(stream.table).group_by(*stream.key)
+    if column.where is not None:
+        picks = picks.where(column.where)
+    if only_keys is not None:
+        picks = picks.where(key_filter_clause(stream.key, only_keys))
+    sub = picks.subquery(f"pick{index}")
+    assert column.value is not None, "first/last folds have a value"
+    outer_cols: list[ColumnElement] = [*(sub.c[lbl] for lbl in labels), column.value.label("v")]
+    outer_cols.append(sa.literal_column("1").label("hit"))
+    if carried is not None:
+        outer_cols += [sub.c[lbl] for _, lbl in carried]
+        outer_cols.append(_EXPLAINED)
+    outer = sa.select(*outer_cols).select_from(stream.table.join(sub, order == sub.c.pick))
+    return outer.subquery(alias or f"fl{index}")
+
+
 def _time_by_lookup(stream: BoundStream) -> bool:
     """Look the last event time up per drifted key instead of aggregating it for every key.
 
@@ -222,9 +267,10 @@ def build_folds(
         windowed = [(i, c) for i, c in columns if c.spec.fold in ("first", "last")]
         lookup = _time_by_lookup(stream)
         carrier = next(((i, c) for i, c in windowed if c.where is None), None)
+        first_last = _picked if dialect.picks_first_last and _pickable(stream) else _window
         if carrier is not None:
             carried = _stream_aggregates(stream, aggregated, True, not lookup, dialect)
-            agg = _window(stream, carrier[0], carrier[1], only_keys, carried, f"agg{position}")
+            agg = first_last(stream, carrier[0], carrier[1], only_keys, carried, f"agg{position}")
             folds.windows[carrier[0]] = agg
         else:
             agg = _aggregate(
@@ -242,7 +288,7 @@ def build_folds(
             folds.last_event[stream_name] = _time_lookup(stream, agg, position)
         for index, column in windowed:
             if index not in folds.windows:
-                folds.windows[index] = _window(stream, index, column, only_keys)
+                folds.windows[index] = first_last(stream, index, column, only_keys)
     for index, column in enumerate(entity.columns):
         folds.expected.append(_expected(folds, index, column))
         if index in folds.windows and "tie" in folds.windows[index].c:

@@ -78,10 +78,14 @@ def test_a_filtered_window_keeps_its_own_group_by(backend):
     sql = compiled(backend, LAST_WHERE)
     # Each aggregate and window is named once: MariaDB's UNION takes the stream's keys
     # from its table, not from the aggregate (which it would compute a second time).
-    assert sql.count("GROUP BY") == 1
-    assert sql.count("ROW_NUMBER()") == 1
     if backend.name == "mysql":
+        # MariaDB picks the last row by max(id) per key (a second GROUP BY, no window).
+        assert sql.count("GROUP BY") == 2
+        assert "ROW_NUMBER()" not in sql
         assert "SELECT EV.K1 AS K0, EV.K2 AS K1 \nFROM EV UNION" in sql
+    else:
+        assert sql.count("GROUP BY") == 1
+        assert sql.count("ROW_NUMBER()") == 1
 
 
 def test_tie_check_only_when_order_by_is_not_unique(backend):
@@ -308,5 +312,35 @@ def test_mariadb_temporary_tables_stay_in_memory_during_a_full_diff_and_no_longe
                 assert tuple(during[:2]) == (max(start, TEMP_TABLE_BYTES),) * 2
                 assert "derived_merge=off" in during[2]
                 assert tuple(conn.exec_driver_sql(query).one()) == tuple(original)
+    finally:
+        next(backend_gen, None)
+
+
+def test_mariadb_picks_the_rows_a_window_would(tmp_path, monkeypatch):
+    """With one unique NOT NULL order_by column MariaDB picks first/last rows by joining
+    back max/min(id) per key instead of materializing a ROW_NUMBER() window; the
+    findings, with every fold and a filtered last, are exactly the window's."""
+    from audit.dialects import MySQLDialect
+    from tests.conftest import make_backend
+    from tests.shop import audit as shop_audit
+
+    backend_gen = make_backend("mysql", tmp_path)
+    backend = next(backend_gen)
+    try:
+        events = [*EVENTS, {"k1": "b", "k2": 1, "v": 2, "s": "q", "t": "2026-01-01T00:00:05"}]
+        load(backend, events, ROWS)
+        first_where = LAST.replace("last_s", "first_s").replace('"last"', '"first"')
+        first_where += "where = \"s <> 'w'\"\n"
+        for n, columns in enumerate((ALL_COLUMNS, LAST_WHERE, first_where)):
+            assert "ROW_NUMBER()" not in compiled(backend, columns)
+            assert "ROW_NUMBER()" in compiled(backend, columns, order_by="t")
+            _, picked = shop_audit(backend, tmp_path, columns, name=f"picked{n}")
+            with monkeypatch.context() as patch:
+                patch.setattr(MySQLDialect, "picks_first_last", False)
+                assert "ROW_NUMBER()" in compiled(backend, columns)
+                _, windowed = shop_audit(backend, tmp_path, columns, name=f"window{n}")
+            assert picked and brief(picked) == brief(windowed)
+            last_times = sorted((r["key"], r["last_event_at"] or "") for r in picked)
+            assert last_times == sorted((r["key"], r["last_event_at"] or "") for r in windowed)
     finally:
         next(backend_gen, None)
