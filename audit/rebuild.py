@@ -203,21 +203,28 @@ def _picked(
     labels = key_labels(len(stream.key))
     order = stream.order_by[0]
     pick = sa.func.max(order) if column.spec.fold == "last" else sa.func.min(order)
-    picked = [*(k.label(lbl) for k, lbl in zip(stream.key, labels)), pick.label("pick")]
-    picked += [func.label(lbl) for func, lbl in carried or []]
-    picks = sa.select(*picked).select_from(stream.table).group_by(*stream.key)
+    # The value is evaluated beside this subquery: its names must not be ones a spec's
+    # SQL expression could mean as the stream's own columns (k0, t, ...).
+    inner = [*((k, lbl) for k, lbl in zip(stream.key, labels)), (pick, "pick"), *(carried or [])]
+    picks = sa.select(*(e.label(f"drift_{lbl}") for e, lbl in inner))
+    picks = picks.select_from(stream.table).group_by(*stream.key)
     if column.where is not None:
         picks = picks.where(column.where)
     if only_keys is not None:
         picks = picks.where(key_filter_clause(stream.key, only_keys))
     sub = picks.subquery(f"pick{index}")
+
+    def out(lbl: str) -> ColumnElement:
+        return sub.c[f"drift_{lbl}"].label(lbl)
+
     assert column.value is not None, "first/last folds have a value"
-    outer_cols: list[ColumnElement] = [*(sub.c[lbl] for lbl in labels), column.value.label("v")]
+    outer_cols: list[ColumnElement] = [*(out(lbl) for lbl in labels), column.value.label("v")]
     outer_cols.append(sa.literal_column("1").label("hit"))
     if carried is not None:
-        outer_cols += [sub.c[lbl] for _, lbl in carried]
+        outer_cols += [out(lbl) for _, lbl in carried]
         outer_cols.append(_EXPLAINED)
-    outer = sa.select(*outer_cols).select_from(stream.table.join(sub, order == sub.c.pick))
+    joined = stream.table.join(sub, order == sub.c.drift_pick)
+    outer = sa.select(*outer_cols).select_from(joined)
     return outer.subquery(alias or f"fl{index}")
 
 
