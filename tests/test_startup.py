@@ -191,3 +191,28 @@ def test_the_spec_tables_read_together_are_the_tables_read_one_by_one(engine_nam
             assert together[0] < len(statements) / 2
     finally:
         next(backend_gen, None)
+
+
+def test_a_failed_reading_together_leaves_the_tables_to_be_read_one_by_one(tmp_path, monkeypatch):
+    """A statement that fails while the tables are read together aborts a PostgreSQL
+    transaction; bind_spec rolls it back and reads each table alone instead."""
+    backend_gen = make_backend("postgresql", tmp_path)
+    backend = next(backend_gen)
+    try:
+        for statement in TABLES:
+            backend.execute(statement)
+        calls = []
+
+        def failing_reflect(self, bind, **kwargs):  # noqa: ANN001, ANN003
+            calls.append(kwargs["only"])
+            bind.exec_driver_sql("SELECT * FROM no_such_table_here")
+
+        monkeypatch.setattr(sa.MetaData, "reflect", failing_reflect)
+        with backend.engine.connect() as conn:
+            bound = bind_spec(parse_spec(SPEC), conn)
+            conn.rollback()
+        assert calls == [["stock_events", "order_events", "inventory", "orders"]]
+        assert bound.streams["stock"].key_is_indexed and bound.streams["stock"].order_is_unique
+        assert [c.name for c in bound.entities["orders"].table.columns] == ["order_id", "status"]
+    finally:
+        next(backend_gen, None)
