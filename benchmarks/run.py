@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -334,7 +335,7 @@ def markdown(
 
 def _ratio(value: float) -> str:
     """A ratio to the baseline; a dash when the run had no lower bound."""
-    return "–" if value != value else f"{value:.2f}"  # NaN is not equal to itself
+    return "–" if math.isnan(value) else f"{value:.2f}"
 
 
 def _script_section(title: str, script: list[str]) -> str:
