@@ -101,7 +101,8 @@ def test_procrastinate_preset_with_real_workers(pg, tmp_path, monkeypatch):
         app_module.receive.defer(key=retried, delta=1000)
 
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=app_module.run_worker, args=(f"w{i}",)) for i in range(3)]
+    ready = ctx.Barrier(3)
+    workers = [ctx.Process(target=app_module.run_worker, args=(f"w{i}", ready)) for i in range(3)]
     for w in workers:
         w.start()
     for w in workers:

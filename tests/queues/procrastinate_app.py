@@ -13,6 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import procrastinate
 import psycopg
@@ -64,6 +65,13 @@ def receive(context: procrastinate.JobContext, key: str, delta: int) -> None:
         raise RuntimeError("worker lost its connection before marking the job done")
 
 
-def run_worker(name: str) -> None:
-    """A worker process: run jobs until the queue is empty."""
+def run_worker(name: str, ready: Any = None) -> None:
+    """A worker process: run jobs until the queue is empty.
+
+    ``ready`` (a multiprocessing barrier) holds every worker until all have started:
+    a worker that started first on a busy machine could otherwise drain the queue alone,
+    and nothing would race.
+    """
+    if ready is not None:
+        ready.wait(timeout=120)
     app.run_worker(queues=["drift"], wait=False, concurrency=1, name=name, listen_notify=False)
