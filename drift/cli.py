@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import sys
-import webbrowser
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -314,6 +313,8 @@ def report(
     path = render_report(audit_dir, limit=top)
     typer.echo(str(path))
     if open_:
+        import webbrowser
+
         webbrowser.open(path.resolve().as_uri())
 
 
