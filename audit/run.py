@@ -314,6 +314,9 @@ class _LaterSteps:
             # findings.parquet's writer first: a diff with many findings needs it soonest.
             import pyarrow.parquet  # noqa: F401
 
+            # pyarrow looks for numpy.ma when it converts a numpy array (the ranking does).
+            import numpy.ma  # noqa: F401
+
             import audit.evidence
             import audit.export
             import audit.witness

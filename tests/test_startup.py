@@ -33,6 +33,7 @@ def _fresh(code: str) -> dict:
 LATER = [
     "pyarrow",
     "pyarrow.parquet",
+    "numpy.ma",
     "jinja2",
     "audit.evidence",
     "audit.export",
