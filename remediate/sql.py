@@ -202,13 +202,33 @@ class _Shape:
             return None
         return cls(texts, tuple(rendered[int(m)] for m in markers), compiled.render_literal_value)
 
-    def fill(self, values: list[Any]) -> str:
+    def fill(self, values: list[Any], memo: dict[tuple[Any, Any], str]) -> str:
+        """The statement with ``values`` rendered into its slots.
+
+        ``memo`` holds literals already rendered, by (type, value), for int and str
+        values only: for them equal values render alike (unlike 1.0 and 1.00 as
+        Decimals, or one instant in two time zones). A plan renders each key twice
+        (fix and rollback) and many values again and again.
+        """
         texts, render = self.texts, self.render
         out = [texts[0]]
         for (index, type_), text in zip(self.slots, texts[1:]):
-            out.append(render(values[index], type_))
+            value = values[index]
+            if type(value) is int or type(value) is str:
+                literal = memo.get((type_, value))
+                if literal is None:
+                    if len(memo) >= _MEMO_SIZE:
+                        memo.clear()
+                    literal = memo[type_, value] = render(value, type_)
+                out.append(literal)
+            else:
+                out.append(render(value, type_))
             out.append(text)
         return "".join(out).strip()
+
+
+#: Literals a script dialect keeps (see _Shape.fill); then it starts again.
+_MEMO_SIZE = 20_000
 
 
 class _SlotRendering:
@@ -241,6 +261,7 @@ class ScriptDialect:
         self.audit = get_dialect(self.name)
         self._compiling_dialect: sa.engine.Dialect | None = None
         self._shapes: dict[tuple[Any, ...], _Shape | None] = {}
+        self._literals: dict[tuple[Any, Any], str] = {}
 
     def sa_dialect(self) -> sa.engine.Dialect:
         raise NotImplementedError
@@ -266,17 +287,18 @@ class ScriptDialect:
         """
         # The shape's identity: what _slotted(step) keeps (its slots are numbered
         # in order, so which values are None decides them), without building it.
-        row = step.row
+        row, step_key = step.row, step.key
         key = (
             table,
             tuple(key_names),
             step.op,
             step.entity,
             step.column,
-            tuple(v is None for v in step.key),
+            # () when no key value is None (the key's length is the table's).
+            tuple([v is None for v in step_key]) if None in step_key else (),
             step.value is None,
             step.observed is None,
-            None if row is None else tuple((n, v is None) for n, v in row.items()),
+            None if row is None else tuple([(n, v is None) for n, v in row.items()]),
         )
         try:
             shape = self._shapes[key]
@@ -286,14 +308,14 @@ class ScriptDialect:
             shape = self._shapes[key] = _Shape.of(compiled)
         if shape is None:
             return self.compile(step_statement(step, table, key_names, self))
-        values = [v for v in step.key if v is not None]
+        values = [v for v in step_key if v is not None]
         if step.value is not None:
             values.append(step.value)
         if step.observed is not None:
             values.append(step.observed)
         if row is not None:
             values.extend(v for v in row.values() if v is not None)
-        return shape.fill(values)
+        return shape.fill(values, self._literals)
 
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         """Text equality byte for byte, whatever the column's collation."""
@@ -387,26 +409,31 @@ class PostgresScript(ScriptDialect):
         return ["SET standard_conforming_strings = on;", *self.history_ddl()]
 
     def guarded(self, sql: str, action_id: int) -> str:
-        tag = next(
-            t
-            for t in (f"$drift{n or ''}$" for n in itertools.count())
-            if t not in sql and t[:-1] not in sql
+        # The dollar-quote tag: the first of $drift$, $drift1$, ... that neither the
+        # statement nor the tag without its closing $ occurs in ($drift$ when the
+        # statement has no "$drift" at all, as almost always).
+        tag = (
+            "$drift$"
+            if "$drift" not in sql
+            else next(
+                t
+                for t in (f"$drift{n or ''}$" for n in itertools.count())
+                if t not in sql and t[:-1] not in sql
+            )
         )
-        return "\n".join(
-            [
-                f"DO {tag}",
-                "DECLARE matched bigint;",
-                "BEGIN",
-                f"  {sql};",
-                "  GET DIAGNOSTICS matched = ROW_COUNT;",
-                "  IF matched <> 1 THEN",
-                f"    RAISE EXCEPTION 'drift: guard failed at action {action_id}: % row(s) "
-                "matched, expected 1; a row changed since the audit; nothing was applied', "
-                "matched;",
-                "  END IF;",
-                "END",
-                f"{tag};",
-            ]
+        return (
+            f"DO {tag}\n"
+            "DECLARE matched bigint;\n"
+            "BEGIN\n"
+            f"  {sql};\n"
+            "  GET DIAGNOSTICS matched = ROW_COUNT;\n"
+            "  IF matched <> 1 THEN\n"
+            f"    RAISE EXCEPTION 'drift: guard failed at action {action_id}: % row(s) "
+            "matched, expected 1; a row changed since the audit; nothing was applied', "
+            "matched;\n"
+            "  END IF;\n"
+            "END\n"
+            f"{tag};"
         )
 
     def run_hint(self) -> str:
