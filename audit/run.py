@@ -314,9 +314,6 @@ class _LaterSteps:
             # findings.parquet's writer first: a diff with many findings needs it soonest.
             import pyarrow.parquet  # noqa: F401
 
-            # pyarrow looks for numpy.ma when it converts a numpy array (the ranking does).
-            import numpy.ma  # noqa: F401
-
             import audit.evidence
             import audit.export
             import audit.witness
@@ -330,6 +327,8 @@ class _LaterSteps:
                 env = html_environment()
                 for name in env.list_templates(filter_func=_report_template):
                     env.get_template(name)
+            # pyarrow looks for numpy.ma when it first converts a numpy array (the ranking).
+            import numpy.ma  # noqa: F401
         except Exception:  # noqa: BLE001, S110 - the step itself will import and say why
             pass
 
