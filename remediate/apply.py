@@ -16,6 +16,7 @@ import getpass
 import itertools
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,25 +498,24 @@ class _Run:
                 .select_from(temp.join(target, joined))
                 .with_for_update()
             ).all()
-            seen: dict[int, list[Any]] = {}
-            for row in locked:
-                seen.setdefault(row.action_id, []).append(row)
+            # (action_id, before, ok) by position: a Row's attributes are looked up by name.
+            seen = {row[0]: row for row in locked}
+            matches = Counter(row[0] for row in locked) if len(seen) < len(locked) else None
             ok_ids: dict[int, Any] = {}
             for action, _step in members:
-                found = seen.get(action.id, [])
-                if not found:
+                found = seen.get(action.id)
+                if found is None:
                     failures.append(_failure(action, "the row is gone"))
-                elif len(found) > 1:
-                    failures.append(_failure(action, f"the key matches {len(found)} rows"))
-                elif not found[0].ok:
+                elif matches is not None and matches[action.id] > 1:
+                    failures.append(_failure(action, f"the key matches {matches[action.id]} rows"))
+                elif not found[2]:
                     failures.append(
                         _failure(
-                            action,
-                            f"the value changed since the audit (now {to_json(found[0].before)})",
+                            action, f"the value changed since the audit (now {to_json(found[1])})"
                         )
                     )
                 else:
-                    ok_ids[action.id] = found[0].before
+                    ok_ids[action.id] = found[1]
             if not ok_ids:
                 return
             new_value = col + temp.c.val if op == "delta" else temp.c.val
