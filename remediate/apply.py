@@ -18,6 +18,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,12 @@ def apply_plan(
     """Apply (or with ``operation="rollback"`` undo) an approved plan; see the module doc."""
     say = progress or (lambda _m: None)
     folder = plan_dir(plan)
-    loaded = load_plan(folder)
-    sha = plan_sha256(folder)
+    # Hashing the plan's files (~180 MB at 100,000 actions) reads and hashes without
+    # the GIL: in a thread it costs nothing beside load_plan's parsing (~0.3 s less).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(plan_sha256, folder)
+        loaded = load_plan(folder)
+        sha = hashing.result()
     approvals = [] if dry_run else check_approvals(folder, require, operation, sha256=sha)
     check_scripts(folder, loaded)  # the scripts a person reviewed are this plan's renderings
     spec = load_spec(spec_path(folder))
