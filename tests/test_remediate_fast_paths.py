@@ -118,6 +118,51 @@ def test_verify_in_one_query_finds_what_chunks_find(backend, monkeypatch, text_k
     assert whole != sorted(whole, key=lambda f: f[0])
 
 
+LAST_SPEC = """\
+version = 1
+[database]
+url = "{url}"
+[streams.moves]
+table = "moves"
+key = ["k"]
+order_by = ["seq"]
+[entities.stock]
+table = "stock"
+key = ["k"]
+[entities.stock.columns.qty]
+stream = "moves"
+fold = "last"
+value = "qty"
+"""
+
+
+def test_a_spec_error_in_one_query_names_the_key_the_chunks_named(backend, monkeypatch):
+    """Two keys whose events tie on order_by (a last fold needs a total order), the
+    later one in the database's order first in plan order: the error names it, as
+    the chunks did, not the one the single query meets first."""
+    from audit.errors import SpecError
+
+    meta, moves, stock = _tables(sa.String(20), unique=True)
+    moves.append_column(sa.Column("seq", sa.Integer, nullable=False))
+    events = [{"id": i + 1, "k": f"K-{i:03}", "qty": 1, "seq": i} for i in range(100)]
+    events += [
+        {"id": 201, "k": "K-010", "qty": 2, "seq": 10},
+        {"id": 202, "k": "K-090", "qty": 2, "seq": 90},
+    ]
+    with backend.engine.begin() as conn:
+        meta.create_all(conn)
+        conn.execute(moves.insert(), events)
+        conn.execute(stock.insert(), [{"k": f"K-{i:03}", "qty": 1} for i in range(100)])
+    spec = parse_spec(LAST_SPEC.format(url=backend.url))
+    keys = [(f"K-{i:03}",) for i in range(50, 100)] + [(f"K-{i:03}",) for i in range(50)]
+    monkeypatch.setattr(verify, "CHUNK", 50)
+    with backend.engine.connect() as conn:
+        bound = bind_spec(spec, conn)
+        with pytest.raises(SpecError, match=r'rows of key \["K-090"\] tie'):
+            verify.reaudit(conn, bound, get_dialect(backend.name), {"stock": keys})
+        conn.rollback()
+
+
 def test_an_unknown_key_in_one_query_falls_back_to_chunks():
     """A finding whose key is not one of the keys (a NULL key, a collation that
     equates texts) cannot be put in its chunk: the caller then queries the chunks."""
