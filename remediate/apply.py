@@ -16,7 +16,9 @@ import getpass
 import itertools
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,8 +93,12 @@ def apply_plan(
     """Apply (or with ``operation="rollback"`` undo) an approved plan; see the module doc."""
     say = progress or (lambda _m: None)
     folder = plan_dir(plan)
-    loaded = load_plan(folder)
-    sha = plan_sha256(folder)
+    # Hashing the plan's files (~180 MB at 100,000 actions) reads and hashes without
+    # the GIL: in a thread it costs nothing beside load_plan's parsing (~0.3 s less).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(plan_sha256, folder)
+        loaded = load_plan(folder)
+        sha = hashing.result()
     approvals = [] if dry_run else check_approvals(folder, require, operation, sha256=sha)
     check_scripts(folder, loaded)  # the scripts a person reviewed are this plan's renderings
     spec = load_spec(spec_path(folder))
@@ -497,25 +503,24 @@ class _Run:
                 .select_from(temp.join(target, joined))
                 .with_for_update()
             ).all()
-            seen: dict[int, list[Any]] = {}
-            for row in locked:
-                seen.setdefault(row.action_id, []).append(row)
+            # (action_id, before, ok) by position: a Row's attributes are looked up by name.
+            seen = {row[0]: row for row in locked}
+            matches = Counter(row[0] for row in locked) if len(seen) < len(locked) else None
             ok_ids: dict[int, Any] = {}
             for action, _step in members:
-                found = seen.get(action.id, [])
-                if not found:
+                found = seen.get(action.id)
+                if found is None:
                     failures.append(_failure(action, "the row is gone"))
-                elif len(found) > 1:
-                    failures.append(_failure(action, f"the key matches {len(found)} rows"))
-                elif not found[0].ok:
+                elif matches is not None and matches[action.id] > 1:
+                    failures.append(_failure(action, f"the key matches {matches[action.id]} rows"))
+                elif not found[2]:
                     failures.append(
                         _failure(
-                            action,
-                            f"the value changed since the audit (now {to_json(found[0].before)})",
+                            action, f"the value changed since the audit (now {to_json(found[1])})"
                         )
                     )
                 else:
-                    ok_ids[action.id] = found[0].before
+                    ok_ids[action.id] = found[1]
             if not ok_ids:
                 return
             new_value = col + temp.c.val if op == "delta" else temp.c.val
