@@ -27,14 +27,14 @@ version = 1
 url = "{url}"
 [streams.moves]
 table = "moves"
-key = ["{key}"]
-order_by = ["id"]
+key = ["k"]
+order_by = ["{order_by}"]
 [entities.stock]
 table = "stock"
-key = ["{key}"]
+key = ["k"]
 [entities.stock.columns.qty]
 stream = "moves"
-fold = "sum"
+fold = "{fold}"
 value = "qty"
 """
 
@@ -81,7 +81,7 @@ def test_verify_in_one_query_finds_what_chunks_find(backend, monkeypatch, text_k
         conn.execute(moves.insert(), events)
         conn.execute(stock.insert(), rows)
 
-    spec = parse_spec(SPEC.format(url=backend.url, key="k"))
+    spec = parse_spec(SPEC.format(url=backend.url, order_by="id", fold="sum"))
     keys = [(key(i),) for i in range(320)]
     random.Random(7).shuffle(keys)
     dialect = get_dialect(backend.name)
@@ -118,24 +118,6 @@ def test_verify_in_one_query_finds_what_chunks_find(backend, monkeypatch, text_k
     assert whole != sorted(whole, key=lambda f: f[0])
 
 
-LAST_SPEC = """\
-version = 1
-[database]
-url = "{url}"
-[streams.moves]
-table = "moves"
-key = ["k"]
-order_by = ["seq"]
-[entities.stock]
-table = "stock"
-key = ["k"]
-[entities.stock.columns.qty]
-stream = "moves"
-fold = "last"
-value = "qty"
-"""
-
-
 def test_a_spec_error_in_one_query_names_the_key_the_chunks_named(backend, monkeypatch):
     """Two keys whose events tie on order_by (a last fold needs a total order), the
     later one in the database's order first in plan order: the error names it, as
@@ -153,7 +135,7 @@ def test_a_spec_error_in_one_query_names_the_key_the_chunks_named(backend, monke
         meta.create_all(conn)
         conn.execute(moves.insert(), events)
         conn.execute(stock.insert(), [{"k": f"K-{i:03}", "qty": 1} for i in range(100)])
-    spec = parse_spec(LAST_SPEC.format(url=backend.url))
+    spec = parse_spec(SPEC.format(url=backend.url, order_by="seq", fold="last"))
     keys = [(f"K-{i:03}",) for i in range(50, 100)] + [(f"K-{i:03}",) for i in range(50)]
     monkeypatch.setattr(verify, "CHUNK", 50)
     with backend.engine.connect() as conn:
@@ -192,7 +174,11 @@ def test_each_guard_failure_of_a_set_based_update_keeps_its_reason(backend, tmp_
         )
         conn.execute(stock.insert(), [{"k": k, "qty": 4} for k in "abcd"])
     out = tmp_path / "audit"
-    run_audit(parse_spec(SPEC.format(url=backend.url, key="k")), out=out, write_report=False)
+    run_audit(
+        parse_spec(SPEC.format(url=backend.url, order_by="id", fold="sum")),
+        out=out,
+        write_report=False,
+    )
     write_plan(out, build_plan(out, PlanOptions(all_cas=True)))
     with backend.engine.begin() as conn:
         conn.execute(stock.delete().where(stock.c.k == "b"))
