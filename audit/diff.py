@@ -269,9 +269,15 @@ def run_diff(
     """Execute a diff query and turn each drifted row into findings.
 
     With ``dialect``, a diff over whole tables (no ``only_keys``) runs under
-    the dialect's :meth:`~audit.dialects.Dialect.whole_table_settings`.
+    the dialect's :meth:`~audit.dialects.Dialect.whole_table_settings`, one
+    restricted to some keys under its
+    :meth:`~audit.dialects.Dialect.some_keys_settings`.
     """
-    before, after = dialect.whole_table_settings() if dialect and diff.whole_tables else ([], [])
+    before: list[str] = []
+    after: list[str] = []
+    if dialect is not None:
+        settings = dialect.whole_table_settings if diff.whole_tables else dialect.some_keys_settings
+        before, after = settings()
     for statement in before:
         _set(conn, statement)
     # Per statement: Connection.execution_options() would change the caller's connection.

@@ -130,7 +130,8 @@ def test_last_event_time_is_looked_up_only_with_an_index(backend, tmp_path):
 
 def test_whole_table_settings_only_around_a_full_diff(backend, tmp_path, monkeypatch):
     """PostgreSQL: no plain index scans while a full diff runs, MariaDB: no merged derived
-    tables; an incremental diff keeps the defaults."""
+    tables; an incremental diff keeps the defaults, but for PostgreSQL's price of a
+    random read."""
     import audit.diff
 
     load(backend, EVENTS, ROWS)
@@ -148,7 +149,18 @@ def test_whole_table_settings_only_around_a_full_diff(backend, tmp_path, monkeyp
     seen.clear()
     inc = run_audit(spec, out=tmp_path / "inc", write_report=False, since_last=tmp_path / "s")
     assert (full.summary["scope"], inc.summary["scope"]) == ("full", "incremental")
-    assert seen == []
+    if backend.name == "postgresql":
+        lower = (
+            "SELECT set_config('drift.random_page_cost', current_setting('random_page_cost'), "
+            "true), set_config('random_page_cost', least(current_setting('random_page_cost')"
+            "::float8, 1.1)::text, true)"
+        )
+        restore = (
+            "SELECT set_config('random_page_cost', current_setting('drift.random_page_cost'), true)"
+        )
+        assert seen == [lower, restore]
+    else:
+        assert seen == []
     if backend.name == "postgresql":
         assert settings == [
             "SET LOCAL enable_indexscan = off",
@@ -284,6 +296,34 @@ def test_a_key_list_is_a_plain_condition_an_index_can_serve(backend):
         ("k7", 4007),
         ("k7", 3507),
     ]
+
+
+def test_postgres_prices_random_reads_lower_during_a_restricted_diff_and_no_longer(tmp_path):
+    """random_page_cost is lowered to 1.1 for the diff (a lower setting is kept) and put
+    back as it was, within the audit's transaction."""
+    from audit.dialects import SOME_KEYS_RANDOM_PAGE_COST, PostgresDialect
+    from tests.conftest import make_backend
+
+    backend_gen = make_backend("postgresql", tmp_path)
+    backend = next(backend_gen)
+    before, after = PostgresDialect().some_keys_settings()
+    query = "SELECT current_setting('random_page_cost')::float8"
+    try:
+        with backend.engine.connect() as conn:
+            for default in (4.0, 2.0, 1.0, 0.5):
+                conn.exec_driver_sql(f"SET random_page_cost = {default}")
+                conn.commit()
+                with conn.begin():
+                    for statement in before:
+                        conn.exec_driver_sql(statement)
+                    during = conn.exec_driver_sql(query).scalar_one()
+                    for statement in after:
+                        conn.exec_driver_sql(statement)
+                    assert conn.exec_driver_sql(query).scalar_one() == default
+                assert during == min(default, SOME_KEYS_RANDOM_PAGE_COST)
+                assert conn.exec_driver_sql(query).scalar_one() == default
+    finally:
+        next(backend_gen, None)
 
 
 def test_mariadb_temporary_tables_stay_in_memory_during_a_full_diff_and_no_longer(tmp_path):
