@@ -9,17 +9,19 @@ node exporter's textfile collector.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audit.errors import DriftError
 from audit.findings import KINDS, read_findings
 from audit.run import AuditResult, Progress, run_audit
-from audit.spec import Spec
+from audit.spec import Spec, load_spec
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def run_check(
             db=db,
             out=target,
             progress=progress,
-            write_report=out is not None,
+            # A folder nobody reads needs the findings only (no evidence, plan or report).
+            findings_only=scratch is not None,
             **dict(audit_options or {}),
         )
         series = _series(result)
@@ -96,6 +99,68 @@ def run_check(
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return judge(result, thresholds, series, None if scratch is not None else result.out_dir)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One check of :func:`watch`: its result, or the error that stopped it."""
+
+    number: int  # 1, 2, ...
+    started_at: float  # Unix time
+    seconds: float  # wall time of the whole check
+    result: CheckResult | None
+    error: DriftError | None
+    skipped: int = 0  # scheduled checks skipped before this one (the previous overran)
+
+
+def watch(
+    spec: Spec | str | Path,
+    db: str | None = None,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    every: float,
+    count: int | None = None,
+    progress: Progress | None = None,
+    audit_options: Mapping[str, Any] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Tick]:
+    """Check every ``every`` seconds, ``count`` times or until the caller stops.
+
+    Checks start at a fixed rate (0, every, 2 x every, ... after the first); one
+    that runs past the next start time makes the loop skip the starts it missed
+    rather than run late checks back to back. A check that fails with a
+    :class:`~audit.errors.DriftError` (a database that is down, say) is yielded
+    as such and the next one runs as scheduled. The spec is read once; one
+    process pays Python's and the libraries' start-up once, so each incremental
+    check costs only its own queries (docs/benchmarks.md).
+    """
+    if every <= 0 or not math.isfinite(every):
+        raise DriftError(f"the interval between checks must be positive (got {every})")
+    if count is not None and count < 1:
+        raise DriftError(f"the number of checks must be at least 1 (got {count})")
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    due = clock()
+    skipped = number = 0
+    while True:
+        number += 1
+        started, wall = clock(), time.time()
+        result: CheckResult | None = None
+        error: DriftError | None = None
+        try:
+            result = run_check(spec, db, thresholds, progress=progress, audit_options=audit_options)
+        except DriftError as err:
+            error = err
+        yield Tick(number, wall, clock() - started, result, error, skipped)
+        if count is not None and number >= count:
+            return
+        due += every
+        now = clock()
+        skipped = max(0, math.ceil((now - due) / every))
+        due += skipped * every
+        if due > now:
+            sleep(due - now)
 
 
 def _series(result: AuditResult) -> tuple[tuple[str, str, str, int], ...]:

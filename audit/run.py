@@ -87,6 +87,7 @@ def run_audit(
     since_last: bool | str | Path = False,
     lookback: dt.timedelta | None = None,
     jobs: int = 1,
+    findings_only: bool = False,
 ) -> AuditResult:
     """Audit the database described by ``spec`` and write an audit folder.
 
@@ -98,6 +99,8 @@ def run_audit(
     ``lookback`` overrides how far back it re-reads streams for late commits.
     ``jobs`` > 1 diffs that many entities at once on PostgreSQL, each on its own
     connection joined to the audit's snapshot (other databases diff one at a time).
+    ``findings_only`` writes only summary.json and findings.parquet: no evidence,
+    target, CSV, plan or report (``drift check``'s throw-away folder).
     Raises a
     :class:`~audit.errors.DriftError` subclass on any problem, before anything
     is written.
@@ -114,10 +117,21 @@ def run_audit(
     # --- incremental audits (audit/incremental.py): read the state before anything runs
     state = _incremental_state(spec, url, since_last, lookback)
     folder = AuditFolder.create(out)
+    write_report = write_report and not findings_only
     try:
         try:
             summary = _audit(
-                spec, url, folder, only_keys, say, started, stuck_after, state, jobs, write_report
+                spec,
+                url,
+                folder,
+                only_keys,
+                say,
+                started,
+                stuck_after,
+                state,
+                jobs,
+                write_report,
+                findings_only,
             )
         except SpecError as err:
             # Name the spec file, as parse errors do.
@@ -125,16 +139,8 @@ def run_audit(
         secrets = (url.password, _password(spec.database_url))
         summary["command"] = redact(command, *secrets) if command else None
         folder.write_summary(summary)
-        folder.write_spec(redact(spec.text, *secrets))
-        from audit.export import write_findings_csv
-
-        write_findings_csv(folder.staging)
-        # --- remediation hook (remediate/plan.py): the proposed plan in plan/.
-        from remediate.plan import propose_plan
-
-        say("writing the proposed remediation plan")
-        propose_plan(folder.staging, folder.path.name)
-        # --- end of remediation hook
+        if not findings_only:
+            _write_the_rest(folder, redact(spec.text, *secrets), say)
         if write_report:
             from audit.report import render_report
 
@@ -159,6 +165,20 @@ def run_audit(
     return AuditResult(out_dir=folder.path, summary=summary)
 
 
+def _write_the_rest(folder: AuditFolder, spec_text: str, say: Progress) -> None:
+    """The spec copy, findings.csv and the proposed plan (report.html comes after)."""
+    folder.write_spec(spec_text)
+    from audit.export import write_findings_csv
+
+    write_findings_csv(folder.staging)
+    # --- remediation hook (remediate/plan.py): the proposed plan in plan/.
+    from remediate.plan import propose_plan
+
+    say("writing the proposed remediation plan")
+    propose_plan(folder.staging, folder.path.name)
+    # --- end of remediation hook
+
+
 def _incremental_state(
     spec: Spec, url: URL, since_last: bool | str | Path, lookback: dt.timedelta | None
 ) -> IncrementalState | None:
@@ -181,6 +201,7 @@ def _audit(
     state: IncrementalState | None = None,
     jobs: int = 1,
     write_report: bool = True,
+    findings_only: bool = False,
 ) -> dict[str, Any]:
     timer = _Timer()
     scope: Scope | None = None
@@ -207,7 +228,7 @@ def _audit(
             timer.measure("snapshot", t)
 
             # Loads what the steps after the diffs need while the database counts and diffs.
-            later = _LaterSteps(write_report)
+            later = _LaterSteps(write_report, findings_only)
             with database_errors(url, "audit failed"):
                 t = time.perf_counter()
                 say("reading stream watermarks")
@@ -248,20 +269,8 @@ def _audit(
                     timer.measure("witnesses_and_outboxes", t)
                 finally:
                     writer.close()
-                # -- evidence (audit/evidence.py): stream rows behind the top drifted keys
-                from audit.evidence import collect_evidence
-
-                t = time.perf_counter()
-                say("collecting stream evidence for the drifted keys")
-                collect_evidence(conn, bound, folder.staging)
-                timer.measure("evidence", t)
-                # -- end evidence
-                # --- remediation hook (remediate/target.py): fingerprint, entity
-                # columns and orphan rows, read inside this snapshot.
-                from remediate.target import capture_target
-
-                capture_target(conn, bound, url, folder.staging)
-                # --- end of remediation hook
+                if not findings_only:
+                    _read_the_rest(conn, bound, url, folder, timer, say)
         finally:
             if later is not None:
                 later.wait()
@@ -289,6 +298,26 @@ def _audit(
     )
 
 
+def _read_the_rest(
+    conn: Connection, bound: BoundSpec, url: URL, folder: AuditFolder, timer: _Timer, say: Progress
+) -> None:
+    """What the folder needs beyond the findings, read inside the audit's snapshot."""
+    # -- evidence (audit/evidence.py): stream rows behind the top drifted keys
+    from audit.evidence import collect_evidence
+
+    t = time.perf_counter()
+    say("collecting stream evidence for the drifted keys")
+    collect_evidence(conn, bound, folder.staging)
+    timer.measure("evidence", t)
+    # -- end evidence
+    # --- remediation hook (remediate/target.py): fingerprint, entity
+    # columns and orphan rows, read inside this snapshot.
+    from remediate.target import capture_target
+
+    capture_target(conn, bound, url, folder.staging)
+    # --- end of remediation hook
+
+
 class _LaterSteps:
     """Imports the steps after the diffs, in a thread, while the database computes them.
 
@@ -302,18 +331,20 @@ class _LaterSteps:
     again and reports the error.
     """
 
-    def __init__(self, report: bool) -> None:
+    def __init__(self, report: bool, findings_only: bool = False) -> None:
         self.thread = threading.Thread(
-            target=self._load, args=(report,), name="drift-preload", daemon=True
+            target=self._load, args=(report, findings_only), name="drift-preload", daemon=True
         )
         self.thread.start()
 
     @staticmethod
-    def _load(report: bool) -> None:
+    def _load(report: bool, findings_only: bool) -> None:
         try:
             # findings.parquet's writer first: a diff with many findings needs it soonest.
             import pyarrow.parquet  # noqa: F401
 
+            if findings_only:
+                return
             import audit.evidence
             import audit.export
             import audit.witness

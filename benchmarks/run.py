@@ -247,6 +247,14 @@ def machine(engine: str, url: str) -> dict[str, str]:
             else:
                 version = str(conn.exec_driver_sql("SELECT version()").scalar_one())
                 version = version.split(" on ")[0]
+                # The server's page cache: what decides whether a table is read from disk.
+                cache = "shared_buffers" if engine == "postgresql" else "innodb_buffer_pool_size"
+                size = conn.exec_driver_sql(
+                    "SELECT pg_size_bytes(current_setting('shared_buffers'))"
+                    if engine == "postgresql"
+                    else "SELECT @@GLOBAL.innodb_buffer_pool_size"
+                ).scalar_one()
+                version += f" ({cache} {int(size) // 2**20} MiB)"
     finally:
         e.dispose()
     return {
@@ -435,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also time --since-last audits after N new stream rows (changes the dataset)",
     )
     parser.add_argument(
+        "--buffer-pool",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="MariaDB/MySQL: run with innodb_buffer_pool_size set to MIB (put back after)",
+    )
+    parser.add_argument(
         "--apply",
         type=int,
         default=0,
@@ -467,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server_url(args.engine, args.scale, create=True)
     spec = args.workdir / "drift.toml"
     spec.write_text(SPEC, encoding="utf-8")
+    pool = buffer_pool(url, args.buffer_pool * 2**20) if args.buffer_pool else None
     try:
         engine = sa.create_engine(url)
         meta = existing(engine)
@@ -532,9 +548,41 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_doc:
             write_doc(args.engine, args.scale, section)
     finally:
+        if pool is not None:
+            buffer_pool(url, pool)
         if args.engine != "sqlite" and not args.keep:
             drop_server_db(args.engine, args.scale)
     return 0
+
+
+def buffer_pool(url: str, size: int) -> int:
+    """Resize MariaDB's buffer pool (a dynamic setting); returns the size it had.
+
+    The server's default (128 MiB) holds a tenth of the L tables: an incremental
+    audit's scattered reads of a few thousand keys' stream rows then come from disk
+    each time (``O_DIRECT``), 0.25-0.3 s instead of 0.05 s for 500 touched keys.
+    """
+    if make_url(url).get_backend_name() != "mysql":
+        raise SystemExit("benchmark: --buffer-pool is a MariaDB/MySQL setting")
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            before = int(
+                conn.exec_driver_sql("SELECT @@GLOBAL.innodb_buffer_pool_size").scalar_one()
+            )
+            conn.exec_driver_sql(f"SET GLOBAL innodb_buffer_pool_size = {int(size)}")
+            # The resize runs in the background; wait until the server reports it done.
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                status = conn.exec_driver_sql(
+                    "SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_resize_status'"
+                ).first()
+                if not status or not status[1] or "complete" in str(status[1]).lower():
+                    break
+                time.sleep(0.2)
+    finally:
+        engine.dispose()
+    return before
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_state: dict[str, Any] = {"debug": False, "quiet": False}
+_state: dict[str, Any] = {"debug": False, "quiet": False, "secrets": []}
 
 
 class Format(StrEnum):
@@ -356,6 +356,19 @@ def check(
     state: StateFile = None,
     lookback: Lookback = 600.0,
     jobs: Jobs = 1,
+    every: Annotated[
+        str | None,
+        typer.Option(
+            "--every",
+            help="Check again every DURATION (e.g. 30s, 1m) until stopped (SIGTERM: exit 0): "
+            "one line per check, text or JSON; a check that fails is reported and the next "
+            "one runs.",
+        ),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option("--count", min=1, help="With --every: stop after this many checks."),
+    ] = None,
 ) -> None:
     """Drift alert: audit, then exit 1 when a threshold is crossed (0 otherwise, 2 on error).
 
@@ -370,14 +383,20 @@ def check(
         write_textfile,
     )
 
+    options = {**_incremental(since_last, state, lookback), "jobs": jobs}
+    thresholds = Thresholds(max_rows, max_abs_delta)
+    if every is not None or count is not None:
+        interval = _watch_options(every, count, format, out)
+        _freeze_imports()
+        raise typer.Exit(_watch(config, db, thresholds, interval, count, format, textfile, options))
     _freeze_imports()
     result = run_check(
         config,
         db=db,
-        thresholds=Thresholds(max_rows, max_abs_delta),
+        thresholds=thresholds,
         out=out,
         progress=progress,
-        audit_options={**_incremental(since_last, state, lookback), "jobs": jobs},
+        audit_options=options,
     )
     renderers = {
         CheckFormat.text: render_text,
@@ -388,6 +407,97 @@ def check(
     if textfile is not None:
         write_textfile(textfile, render_prometheus(result))
     raise typer.Exit(1 if result.crossed else 0)
+
+
+def _watch_options(
+    every: str | None, count: int | None, format: CheckFormat, out: Path | None
+) -> float:
+    if every is None:
+        raise DriftError("--count only applies with --every")
+    if out is not None:
+        raise DriftError("--out keeps one audit folder: it does not apply with --every")
+    if format is CheckFormat.prometheus:
+        raise DriftError(
+            "--every prints one line per check (--format text or json); "
+            "use --textfile for the Prometheus metrics"
+        )
+    seconds = float(_duration(every, "--every").total_seconds())
+    if seconds <= 0:
+        raise typer.BadParameter("must be longer than 0 s", param_hint="--every")
+    return seconds
+
+
+def _watch(
+    config: Path,
+    db: str | None,
+    thresholds: Any,
+    every: float,
+    count: int | None,
+    format: CheckFormat,
+    textfile: Path | None,
+    options: dict[str, Any],
+) -> int:
+    """``drift check --every``: one stdout line per check; the exit code of the last one.
+
+    SIGTERM (a service manager stopping it) ends the loop cleanly with exit 0: the
+    check under way is abandoned as Ctrl-C would (its snapshot rolled back, its
+    scratch folder removed, the incremental marks not moved).
+    """
+    import datetime as dt
+    import signal
+
+    from audit.check import render_json, render_prometheus, render_text, watch, write_textfile
+
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        for tick in watch(
+            config,
+            db,
+            thresholds,
+            every=every,
+            count=count,
+            progress=progress,
+            audit_options=options,
+        ):
+            at = dt.datetime.fromtimestamp(tick.started_at, dt.UTC).isoformat(timespec="seconds")
+            error = _redact(str(tick.error), *_state["secrets"]) if tick.error else None
+            if format is CheckFormat.json:
+                record: dict[str, Any] = {"check": tick.number, "started_at": at}
+                record["seconds"] = round(tick.seconds, 4)
+                record["skipped"] = tick.skipped
+                if tick.result is not None:
+                    record.update(json.loads(render_json(tick.result)))
+                else:
+                    record["error"] = error
+                typer.echo(json.dumps(record, ensure_ascii=False))
+            elif tick.result is not None:
+                typer.echo(f"{at} {render_text(tick.result)} ({tick.seconds:.2f} s)")
+            else:
+                typer.echo(f"{at} drift check ERROR: {error}")
+            if tick.result is not None and textfile is not None:
+                try:
+                    write_textfile(textfile, render_prometheus(tick.result))
+                except DriftError as err:
+                    typer.echo(f"drift: {err}", err=True)
+            if tick.error is not None:
+                code = tick.error.exit_code
+            else:
+                code = 1 if tick.result is not None and tick.result.crossed else 0
+    except KeyboardInterrupt:
+        if not stopped:
+            raise
+        typer.echo("drift: stopped (SIGTERM)", err=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return code
 
 
 # --------------------------------------------------------------------------- demo
@@ -685,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
     secrets = _secrets(args)
+    _state["secrets"] = secrets
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="drift", standalone_mode=False)
@@ -724,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _state["debug"] = False
         _state["quiet"] = False
+        _state["secrets"] = []
 
 
 if __name__ == "__main__":
