@@ -13,7 +13,6 @@ import sqlite3
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
@@ -313,7 +312,10 @@ def _compile_in_list_postgresql(element, compiler, **kw):  # type: ignore[no-unt
     plain = text or (isinstance(column.type, sa.Integer) and kinds == {int})
     if not values or not plain:
         return compiler.process(column.in_(values), **kw)
-    array = sa.bindparam(None, values, type_=postgresql.ARRAY(column.type), unique=True)
+    # Imported here: a SQLite or MariaDB audit need not load PostgreSQL's dialect (~0.05 s).
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    array = sa.bindparam(None, values, type_=ARRAY(column.type), unique=True)
     return compiler.process(column == sa.any_(array), **kw)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import datetime as dt
 import json
 import math
 import os
@@ -65,7 +66,13 @@ LABELS = {
     "datacompy": "pandas read + groupby + datacompy",
     "since_last_first": "`drift audit --since-last`, first run (full, records marks)",
     "since_last": "`drift audit --since-last` after {n} new stream rows",
+    "watch": "`drift check --since-last --every {every}s`: one process, each check after {n} "
+    "new stream rows",
 }
+
+#: Seconds between the checks of ``drift check --every`` in the harness: room for
+#: adding the new rows between two checks.
+WATCH_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,52 @@ def incremental(url: str, spec: Path, workdir: Path, count: int, repeat: int) ->
         print(
             f"  {name:17} wall {wall:7.2f} s  inner {summary['timings']['total']:7.2f} s  "
             f"rss {rss:7.0f} MB  scope {summary['scope']}  findings {summary['counts']['total']}",
+            file=sys.stderr,
+        )
+    return runs
+
+
+def watching(url: str, spec: Path, workdir: Path, count: int, repeat: int) -> list[Run]:
+    """``drift check --since-last --every``: ``repeat`` checks, each after ``count`` new rows.
+
+    It starts from the marks of :func:`incremental`'s audits (a copy of their state
+    file), so its first check is incremental too; that first check, which pays the
+    process's start-up, is not counted. The rows are added after a check has printed
+    its line and before the next one starts (checked: a late start would measure
+    nothing new).
+    """
+    state = workdir / "bench-watch-state.json"
+    shutil.copyfile(workdir / "bench-state.json", state)
+    args = ["-q", "check", "-c", str(spec), "--db", url, "--since-last", "--state", str(state)]
+    args += ["--every", f"{WATCH_EVERY}s", "--count", str(repeat + 1), "-f", "json"]
+    runs = []
+    with tempfile.NamedTemporaryFile() as rss:
+        command = [_python(), "-m", "benchmarks.measure", rss.name, "drift", *args]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert proc.stdout is not None
+        added_at = None
+        records = []
+        for line in proc.stdout:
+            record = json.loads(line)
+            if "error" in record:
+                proc.kill()
+                raise SystemExit(f"benchmark: drift check --every failed: {record['error']}")
+            started = dt.datetime.fromisoformat(record["started_at"]).timestamp()
+            if added_at is not None and started < added_at:
+                proc.kill()
+                raise SystemExit("benchmark: a check started before the new rows were in")
+            records.append(record)
+            if len(records) <= repeat:
+                add_events(url, count, seed=100 + len(records))
+                added_at = time.time()
+        if proc.wait() not in (0, 1):
+            raise SystemExit(f"benchmark: drift check --every failed ({proc.returncode})")
+        peak_mb = int(Path(rss.name).read_text() or 0) / 1024
+    for record in records[1:]:
+        runs.append(Run("watch", record["seconds"], record["duration_seconds"], peak_mb, -1))
+        print(
+            f"  watch check {record['check']}  wall {record['seconds']:7.2f} s  "
+            f"inner {record['duration_seconds']:7.2f} s  findings {record['counts']['total']}",
             file=sys.stderr,
         )
     return runs
@@ -515,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
             inc = incremental(url, spec, args.workdir, args.incremental, args.repeat)
             rows += summarize(inc, ["since_last_first", "since_last"], base=rows)
             LABELS["since_last"] = LABELS["since_last"].format(n=f"{args.incremental:,}")
+            watch = watching(url, spec, args.workdir, args.incremental, args.repeat)
+            rows += summarize(watch, ["watch"], base=rows)
+            LABELS["watch"] = LABELS["watch"].format(n=f"{args.incremental:,}", every=WATCH_EVERY)
         command = "python -m benchmarks.run " + shlex.join(
             argv if argv is not None else sys.argv[1:]
         )

@@ -466,7 +466,9 @@ def _watch(
             progress=progress,
             audit_options=options,
         ):
-            at = dt.datetime.fromtimestamp(tick.started_at, dt.UTC).isoformat(timespec="seconds")
+            at = dt.datetime.fromtimestamp(tick.started_at, dt.UTC).isoformat(
+                timespec="milliseconds"
+            )
             error = _redact(str(tick.error), *_state["secrets"]) if tick.error else None
             if format is CheckFormat.json:
                 record: dict[str, Any] = {"check": tick.number, "started_at": at}

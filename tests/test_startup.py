@@ -53,6 +53,18 @@ def test_the_audit_module_does_not_load_what_only_later_steps_need():
     assert loaded == {m: False for m in LATER}
 
 
+def test_the_audit_module_loads_no_server_dialect_or_driver():
+    """A SQLite audit does not pay for PostgreSQL's or MariaDB's SQLAlchemy dialect (~0.05 s
+    for PostgreSQL's) or driver: connecting loads the one it needs."""
+    others = ["sqlalchemy.dialects.postgresql", "sqlalchemy.dialects.mysql", "psycopg", "pymysql"]
+    loaded = _fresh(
+        "import json, sys\n"
+        "import audit.run, audit.check\n"
+        f"print(json.dumps([m for m in {others!r} if m in sys.modules]))\n"
+    )
+    assert loaded == []
+
+
 def test_the_preload_thread_loads_the_later_steps_and_their_templates():
     loaded = _fresh(
         "import json, sys\n"
