@@ -22,12 +22,15 @@ import shlex
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from audit import __version__
 from audit.errors import DriftError
+
+if TYPE_CHECKING:
+    from audit.check import Thresholds
 
 app = typer.Typer(
     name="drift",
@@ -430,7 +433,7 @@ def _watch_options(
 def _watch(
     config: Path,
     db: str | None,
-    thresholds: Any,
+    thresholds: Thresholds,
     every: float,
     count: int | None,
     format: CheckFormat,
@@ -445,6 +448,7 @@ def _watch(
     """
     import datetime as dt
     import signal
+    import threading
 
     from audit.check import render_json, render_prometheus, render_text, watch, write_textfile
 
@@ -454,7 +458,9 @@ def _watch(
         stopped.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # Only the main thread may set a handler (main() may run in another thread of a program).
+    handles = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if handles else None
     code = 0
     try:
         for tick in watch(
@@ -480,7 +486,8 @@ def _watch(
                     record["error"] = error
                 typer.echo(json.dumps(record, ensure_ascii=False))
             elif tick.result is not None:
-                typer.echo(f"{at} {render_text(tick.result)} ({tick.seconds:.2f} s)")
+                late = f", {tick.skipped} start(s) skipped" if tick.skipped else ""
+                typer.echo(f"{at} {render_text(tick.result)} ({tick.seconds:.2f} s{late})")
             else:
                 typer.echo(f"{at} drift check ERROR: {error}")
             if tick.result is not None and textfile is not None:
@@ -498,7 +505,8 @@ def _watch(
         typer.echo("drift: stopped (SIGTERM)", err=True)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if handles:
+            signal.signal(signal.SIGTERM, previous)
     return code
 
 

@@ -203,3 +203,24 @@ def _rows(path: Path) -> list[dict[str, object]]:
     from audit.findings import read_findings
 
     return list(read_findings(path))
+
+
+def test_the_text_line_says_when_starts_were_skipped(capsys, shop, monkeypatch):
+    import audit.check
+
+    summary = {"counts": {"drifted_rows": 0, "by_kind": {}}, "timings": {"total": 0.1}}
+    result = CheckResult(summary, Thresholds(), (), 0.0, (), None)
+
+    def fake_watch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield audit.check.Tick(1, 0.0, 7.5, result, None, 0)
+        yield audit.check.Tick(2, 15.0, 0.25, result, None, 2)
+
+    monkeypatch.setattr(audit.check, "watch", fake_watch)
+    code = main(["-q", "check", "-c", str(shop.spec), "--every", "5s", "--count", "2"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert out.splitlines() == [
+        "1970-01-01T00:00:00.000+00:00 drift check OK: 0 drifted row(s) (no findings) (7.50 s)",
+        "1970-01-01T00:00:15.000+00:00 drift check OK: 0 drifted row(s) (no findings) "
+        "(0.25 s, 2 start(s) skipped)",
+    ]
