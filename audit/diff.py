@@ -302,6 +302,18 @@ def _set(conn: Connection, statement: str) -> None:
     conn.exec_driver_sql(statement)
 
 
+def _in_value_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A duplicated key's rows in the order of their values, column by column (NULL last).
+
+    The query orders by key only, so the database may return one key's rows in any
+    order: sorted, the same table gives the same finding every time.
+    """
+    try:
+        return sorted(rows, key=lambda row: [(v is None, v) for v in row.values()])
+    except TypeError:  # values of one column that do not compare (an exotic type)
+        return rows
+
+
 def _findings(
     conn: Connection, bound: BoundSpec, diff: DiffQuery, result: Any
 ) -> Iterator[Finding]:
@@ -320,7 +332,9 @@ def _findings(
             key=tuple(first[:n_keys]),
             kind=DUPLICATE_KEY,
             expected=_expected_row(first, names) if _explained(first, diff) else ABSENT,
-            actual=[{n: r._mapping[f"a{i}"] for i, n in enumerate(names)} for r in pending_dup],
+            actual=_in_value_order(
+                [{n: r._mapping[f"a{i}"] for i, n in enumerate(names)} for r in pending_dup]
+            ),
             last_event_at=_last_event(first, diff),
             extra={"rows": len(pending_dup)},
         )

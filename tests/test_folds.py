@@ -5,6 +5,8 @@ Each test documents its tiny data set and the exact findings it must produce.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from audit.errors import SpecError
@@ -132,6 +134,29 @@ def test_duplicate_keys_are_reported_never_picked(backend, tmp_path):
     assert [(r["key"], r["kind"]) for r in found] == [('["a",1]', "duplicate_key")]
     assert '"total":99' in found[0]["actual"] and '"total":8' in found[0]["actual"]
     assert found[0]["extra"] == '{"rows":2}'
+
+
+def test_a_duplicated_keys_rows_come_in_value_order_whatever_the_table_order(backend, tmp_path):
+    """The same duplicated rows, written in either order, give the same finding: the
+    rows sorted by their values, NULL last."""
+    dups = [
+        corrupt(CLEAN, A1, total=99)[0],
+        corrupt(CLEAN, A1, total=None)[0],
+        CLEAN[0],
+        corrupt(CLEAN, A1, total=8, lo=None)[0],
+    ]
+    ent = load(backend, EVENTS, [*dups, CLEAN[1]], unique=False)
+    actual = []
+    for order in (dups, dups[::-1]):
+        with backend.engine.begin() as conn:
+            conn.execute(ent.delete())
+            conn.execute(ent.insert(), [*order, CLEAN[1]])
+        _, found = audit(backend, tmp_path, name=f"audit{len(actual)}")
+        assert [(r["key"], r["kind"]) for r in found] == [('["a",1]', "duplicate_key")]
+        actual.append(json.loads(found[0]["actual"]))
+    assert actual[0] == actual[1]
+    totals = [(row["total"], row["lo"]) for row in actual[0]]
+    assert totals == [(8, 3), (8, None), (99, 3), (None, 3)]
 
 
 def test_composite_keys_do_not_mix(backend, tmp_path):
