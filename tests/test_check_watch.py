@@ -224,3 +224,24 @@ def test_the_text_line_says_when_starts_were_skipped(capsys, shop, monkeypatch):
         "1970-01-01T00:00:15.000+00:00 drift check OK: 0 drifted row(s) (no findings) "
         "(0.25 s, 2 start(s) skipped)",
     ]
+
+
+def test_many_checks_leave_no_open_files_or_threads_behind(shop):
+    """A watching process runs for days: each check closes its connections, files and
+    threads."""
+    import threading
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def no_sleep(seconds: float) -> None:
+        pass
+
+    def run(count: int) -> None:
+        ticks = list(watch(shop.spec, every=1, count=count, sleep=no_sleep))
+        assert all(t.result is not None for t in ticks)
+
+    run(3)  # warm-up: lazy imports, caches
+    fds, threads = open_fds(), threading.active_count()
+    run(20)
+    assert (open_fds(), threading.active_count()) == (fds, threads)
