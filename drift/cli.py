@@ -491,10 +491,15 @@ def _watch(
             else:
                 typer.echo(f"{at} drift check ERROR: {error}")
             if tick.result is not None and textfile is not None:
+                # A SIGTERM waits until the file is in place (no half-written temp file).
+                held = {signal.SIGTERM} if handles else set()
+                signal.pthread_sigmask(signal.SIG_BLOCK, held)
                 try:
                     write_textfile(textfile, render_prometheus(tick.result))
                 except DriftError as err:
                     typer.echo(f"drift: {err}", err=True)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             if tick.error is not None:
                 code = tick.error.exit_code
             else:

@@ -245,3 +245,31 @@ def test_many_checks_leave_no_open_files_or_threads_behind(shop):
     fds, threads = open_fds(), threading.active_count()
     run(20)
     assert (open_fds(), threading.active_count()) == (fds, threads)
+
+
+def test_a_sigterm_during_the_textfile_write_waits_for_the_file(
+    capsys, shop, tmp_path, monkeypatch
+):
+    """The textfile is written whole and no temp file is left, even when SIGTERM comes
+    in the middle of writing it; then the loop stops with exit 0."""
+    import audit.check
+
+    prom = tmp_path / "metrics" / "drift.prom"
+    prom.parent.mkdir()
+    real = audit.check.write_textfile
+
+    def write_with_a_sigterm_inside(path, text):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGTERM)  # held until the write is done
+        real(path, text)
+
+    monkeypatch.setattr(audit.check, "write_textfile", write_with_a_sigterm_inside)
+    spec = str(shop.spec)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["-q", "check", "-c", spec, "--every", "1h", "--textfile", str(prom)])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "drift: stopped (SIGTERM)\n"
+    assert len(out.splitlines()) == 1
+    assert [p.name for p in prom.parent.iterdir()] == ["drift.prom"]
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    assert families["drift_drifted_rows"].samples[0].value == 5
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
