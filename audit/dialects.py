@@ -169,8 +169,10 @@ class PostgresDialect(Dialect):
     def some_keys_settings(self) -> tuple[list[str], list[str]]:
         """Random reads priced as cached while a diff restricted to some keys runs.
 
-        An incremental (or verify) diff reads the stream rows of a few thousand
-        keys, scattered over the table: index lookups. With the default
+        An incremental audit's diff (or one restricted with ``only_keys``) reads
+        the stream rows of a few thousand keys, scattered over the table: index
+        lookups. (Verify's re-audit, remediate/verify.py, runs its diffs without a
+        dialect and keeps the server's settings.) With the default
         ``random_page_cost`` of 4 (a spinning disk), the planner switched to a
         sequential scan of the whole 5M-row stream at ~2,500 touched keys,
         0.7-0.8 s instead of 0.25 s per entity (docs/benchmarks.md). 1.1 is the
