@@ -301,12 +301,8 @@ def machine(engine: str, url: str) -> dict[str, str]:
                 version = str(conn.exec_driver_sql("SELECT version()").scalar_one())
                 version = version.split(" on ")[0]
                 # The server's page cache: what decides whether a table is read from disk.
-                cache = "shared_buffers" if engine == "postgresql" else "innodb_buffer_pool_size"
-                size = conn.exec_driver_sql(
-                    "SELECT pg_size_bytes(current_setting('shared_buffers'))"
-                    if engine == "postgresql"
-                    else "SELECT @@GLOBAL.innodb_buffer_pool_size"
-                ).scalar_one()
+                cache, query = PAGE_CACHE[engine]
+                size = conn.exec_driver_sql(query).scalar_one()
                 version += f" ({cache} {int(size) // 2**20} MiB)"
     finally:
         e.dispose()
@@ -318,6 +314,13 @@ def machine(engine: str, url: str) -> dict[str, str]:
         "database": version,
         "speed": f"{python_speed():.2f} s",
     }
+
+
+#: Each server's page cache: its setting and how to read its size in bytes.
+PAGE_CACHE = {
+    "postgresql": ("shared_buffers", "SELECT pg_size_bytes(current_setting('shared_buffers'))"),
+    "mysql": ("innodb_buffer_pool_size", "SELECT @@GLOBAL.innodb_buffer_pool_size"),
+}
 
 
 def python_speed() -> float:
