@@ -281,15 +281,13 @@ def write_textfile(path: str | Path, text: str) -> None:
 
     path = Path(path)
     try:
-        with tempfile.NamedTemporaryFile(
-            "w",
-            dir=path.parent,
-            prefix=f".{path.name}.",
-            suffix=".tmp",
-            delete=False,
-            encoding="utf-8",
-        ) as handle:
-            handle.write(text)
-        Path(handle.name).replace(path)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with open(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            Path(name).replace(path)
+        except BaseException:  # a failed or interrupted write leaves no temp file behind
+            Path(name).unlink(missing_ok=True)
+            raise
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from None

@@ -453,10 +453,14 @@ def _watch(
     from audit.check import render_json, render_prometheus, render_text, watch, write_textfile
 
     stopped: list[int] = []
+    writing: list[bool] = []
 
     def stop(signum: int, frame: object) -> None:
+        # Python runs this in the main thread whichever thread the kernel picked, so a
+        # flag holds it off where a signal mask would not (the mask is per thread).
         stopped.append(signum)
-        raise KeyboardInterrupt
+        if not writing:
+            raise KeyboardInterrupt
 
     # Only the main thread may set a handler (main() may run in another thread of a program).
     handles = threading.current_thread() is threading.main_thread()
@@ -492,14 +496,15 @@ def _watch(
                 typer.echo(f"{at} drift check ERROR: {error}")
             if tick.result is not None and textfile is not None:
                 # A SIGTERM waits until the file is in place (no half-written temp file).
-                held = {signal.SIGTERM} if handles else set()
-                signal.pthread_sigmask(signal.SIG_BLOCK, held)
+                writing.append(True)
                 try:
                     write_textfile(textfile, render_prometheus(tick.result))
                 except DriftError as err:
                     typer.echo(f"drift: {err}", err=True)
                 finally:
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+                    writing.clear()
+                if stopped:
+                    raise KeyboardInterrupt
             if tick.error is not None:
                 code = tick.error.exit_code
             else:
