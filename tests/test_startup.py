@@ -53,13 +53,17 @@ def test_the_audit_module_does_not_load_what_only_later_steps_need():
     assert loaded == {m: False for m in LATER}
 
 
-def test_the_audit_module_loads_no_server_dialect_or_driver():
+def test_the_audit_and_its_later_steps_load_no_server_dialect_or_driver():
     """A SQLite audit does not pay for PostgreSQL's or MariaDB's SQLAlchemy dialect (~0.05 s
-    for PostgreSQL's) or driver: connecting loads the one it needs."""
+    for PostgreSQL's) or driver: connecting loads the one it needs, and the plan's
+    script compiler only its own database's (remediate.sql builds it on first use)."""
     others = ["sqlalchemy.dialects.postgresql", "sqlalchemy.dialects.mysql", "psycopg", "pymysql"]
     loaded = _fresh(
         "import json, sys\n"
         "import audit.run, audit.check\n"
+        "audit.run._LaterSteps(report=True).wait()\n"
+        "from remediate.sql import get_script_dialect\n"
+        "get_script_dialect('sqlite').sa_dialect()\n"
         f"print(json.dumps([m for m in {others!r} if m in sys.modules]))\n"
     )
     assert loaded == []
