@@ -282,17 +282,107 @@ def _dump(backend):
 def test_the_command_runs_without_pandas(tmp_path):
     """pyarrow would import pandas (0.2 s, 45 MB) just to probe values; the command refuses it."""
     script = (
-        "import runpy, sys\n"
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('pandas', sys.modules.get('pandas') is not None))\n"
         f"sys.argv = ['drift', '-q', 'demo', '--dir', {str(tmp_path / 'demo')!r}]\n"
-        "try:\n"
-        "    runpy.run_module('drift', run_name='__main__')\n"
-        "except SystemExit as done:\n"
-        "    print('exit', done.code)\n"
-        "print('pandas', sys.modules.get('pandas') is not None)\n"
+        "runpy.run_module('drift', run_name='__main__')\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
-    assert out.splitlines()[-2:] == ["exit 0", "pandas False"]
+    assert out.splitlines()[-1:] == ["pandas False"]
     report = (tmp_path / "demo" / "audit" / "report.html").read_text()
     assert report.count("<svg") >= 3  # the charts were drawn
+
+
+_EXITING = r"""
+import atexit, os, sys, threading, time
+from pathlib import Path
+
+real_exit = os._exit
+
+def recorded_exit(code):
+    os.write(1, b"os._exit %d\n" % code)
+    real_exit(code)
+
+os._exit = recorded_exit  # the way out without the teardown
+atexit.register(lambda: print("exit handler ran"))
+from drift import cli
+
+if sys.argv[1] == "thread":
+    marker, released, exit_now = Path(sys.argv[2]), threading.Event(), cli._exit
+    def late():
+        released.wait()  # still running when the command exits
+        time.sleep(0.2)
+        marker.write_text("done")
+    def release_then_exit(code):
+        released.set()
+        exit_now(code)
+    threading.Thread(target=late).start()
+    cli._exit = release_then_exit
+sys.argv = ["drift", "-q", "audit", "-c", sys.argv[3], "--out", sys.argv[4], "-f", "json"]
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_the_command_skips_the_interpreter_teardown_only_when_nothing_is_left(
+    demo_db, tmp_path, other_thread
+):
+    """The drift process exits without freeing every module (~0.1 s), after its output is
+    flushed and the exit handlers have run; a thread still running gets the usual exit,
+    which waits for it."""
+    marker = tmp_path / "thread-done"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _EXITING,
+            "thread" if other_thread else "alone",
+            str(marker),
+            str(demo_db.spec),
+            str(tmp_path / "audit"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr  # findings
+    lines = out.stdout.rstrip("\n").split("\n")
+    if other_thread:
+        assert lines.pop() == "exit handler ran"  # the usual exit, which waited
+        assert marker.read_text() == "done"
+    else:
+        assert lines[-2:] == ["exit handler ran", "os._exit 1"]
+        del lines[-2:]
+    summary = json.loads("\n".join(lines))  # the whole JSON document arrived
+    rows = [race for race in demo_db.races.values() if not race.startswith("missing outbox")]
+    assert summary["counts"]["drifted_rows"] == len(rows)
+
+
+def test_the_benchmark_still_reads_the_peak_rss_of_a_command_that_skips_the_teardown(
+    demo_db, tmp_path
+):
+    """benchmarks/measure.py reads the peak in an exit handler, which the command still runs
+    (a ``finally`` after the module would never be reached)."""
+    rss = tmp_path / "rss"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.measure",
+            str(rss),
+            "drift",
+            "-q",
+            "audit",
+            "-c",
+            str(demo_db.spec),
+            "--out",
+            str(tmp_path / "audit"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 1, out.stderr
+    assert 30_000 < int(rss.read_text()) < 1_000_000  # KB: a Python process with pyarrow
