@@ -12,6 +12,7 @@ A bare word that is not a column is reported as a missing column, with a
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,16 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
 
     Reads in a transaction of its own: callers end it (roll back) afterwards.
     """
+    with warnings.catch_warnings():
+        # SQLite's reflection leaves out an index on an expression, with a warning the
+        # user can do nothing about: such an index is no use to drift (see _is_unique).
+        warnings.filterwarnings(
+            "ignore", "Skipped unsupported reflection of expression-based index", exc.SAWarning
+        )
+        return _bind_spec(spec, conn)
+
+
+def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     inspector = sa.inspect(conn)
     metadata = sa.MetaData()
     dialect = get_dialect(conn.dialect.name)
@@ -162,7 +173,7 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                 if stream.run_id
                 else None
             ),
-            order_is_unique=bool(order_columns) and _is_unique(inspector, table, order_columns),
+            order_is_unique=bool(order_columns) and _is_unique(table, order_columns),
             order_is_not_null=len(order_columns) == len(order_by)
             and not any(c.nullable for c in order_columns),
             key_is_indexed=_leads_an_index(table, key),
@@ -211,7 +222,7 @@ def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             columns=tuple(columns),
             key_is_unique=key_columns is not None
             and bool(key_columns)
-            and _is_unique(inspector, table, key_columns),
+            and _is_unique(table, key_columns),
         )
     job_logs = {
         name: _bind_job_log(conn, job_log, reflect, json, entities[job_log.entity])
@@ -489,27 +500,43 @@ def _leads_an_index(table: sa.Table, key: tuple[ColumnElement, ...]) -> bool:
         return False
     names = {k.name for k in key}  # type: ignore[attr-defined]
     leads = [[c.name for c in table.primary_key.columns]] if table.primary_key else []
-    leads += [[c.name for c in index.columns] for index in table.indexes]
+    leads += [cols for cols in map(_whole_index_columns, table.indexes) if cols]
     return any(set(cols[: len(names)]) == names for cols in leads)
 
 
-def _is_unique(
-    inspector: sa.Inspector, table: sa.Table, key_columns: tuple[sa.Column, ...]
-) -> bool:
-    """True when a primary key or unique constraint guarantees one row per key."""
+def _whole_index_columns(index: sa.Index) -> list[str]:
+    """The index's leading plain columns, in order, up to its first expression; none
+    for an index that may not hold every row: partial (a WHERE clause) or, on
+    PostgreSQL, invalid (a failed CREATE INDEX CONCURRENTLY, often on duplicates)."""
+    if any(k.endswith("_where") and v is not None for k, v in index.dialect_kwargs.items()):
+        return []
+    if any(options.get("invalid") for options in index.reflect_only_elements.values()):
+        return []
+    names = []
+    for expression in index.expressions:
+        if not isinstance(expression, sa.Column):
+            break
+        names.append(expression.name)
+    return names
+
+
+def _is_unique(table: sa.Table, key_columns: tuple[sa.Column, ...]) -> bool:
+    """True when a primary key, unique constraint or unique index guarantees one row per
+    key: one on plain columns, all of them in the key, that holds every row (see
+    :func:`_whole_index_columns`). A unique index that also has an expression (lower(x))
+    says nothing about its plain columns alone."""
     names = {c.name for c in key_columns}
     candidates: list[set[str]] = []
     pk = table.primary_key
     if pk is not None and len(pk.columns):
         candidates.append({c.name for c in pk.columns})
-    try:
-        for uc in inspector.get_unique_constraints(table.name, schema=table.schema):
-            candidates.append(set(uc["column_names"]))
-    except (NotImplementedError, exc.SQLAlchemyError):
-        pass
+    for constraint in table.constraints:
+        if isinstance(constraint, sa.UniqueConstraint):
+            candidates.append({c.name for c in constraint.columns})
     for index in table.indexes:
-        if index.unique:
-            candidates.append({c.name for c in index.columns})
+        columns = _whole_index_columns(index)
+        if index.unique and columns and len(columns) == len(index.expressions):
+            candidates.append(set(columns))
     return any(c and c <= names for c in candidates)
 
 

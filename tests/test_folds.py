@@ -6,10 +6,15 @@ Each test documents its tiny data set and the exact findings it must produce.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
+import sqlalchemy as sa
 
 from audit.errors import SpecError
+from audit.schema import bind_spec
+from audit.spec import parse_spec
+from tests.conftest import make_backend
 from tests.shop import audit, brief, load
 
 A1, A2 = ("a", 1), ("a", 2)
@@ -384,3 +389,108 @@ def test_decimals_and_huge_numbers_are_exact(backend, tmp_path):
     assert big["delta"] == float(Decimal(big["expected"]) - (2**41 + 1))
     small = by_key['["a",2]']
     assert Decimal(small["expected"]) - Decimal(small["actual"]) == Decimal("0.0001")
+
+
+#: Unique indexes that do not make a key unique: each lets two rows share (k1, k2).
+NOT_EVERY_ROW = {
+    "partial": "CREATE UNIQUE INDEX {name} ON {table} ({columns}) WHERE total <> 99",
+    "expression": "CREATE UNIQUE INDEX {name} ON {table} ({columns}, (total + 0))",
+    # Building it concurrently fails on the duplicates and leaves an invalid index.
+    "invalid": "CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} ({columns})",
+}
+
+
+def _create_index(backend, kind: str, name: str, table: str, columns: str) -> None:
+    sql = NOT_EVERY_ROW[kind].format(name=name, table=table, columns=columns)
+    if kind != "invalid":
+        backend.execute(sql)
+        return
+    with backend.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.exec_driver_sql(sql)
+        valid = conn.exec_driver_sql(
+            f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{name}'::regclass"
+        ).scalar_one()
+    assert valid is False  # the index is there, and invalid
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "kind"),
+    [
+        ("postgresql", "partial"),
+        ("postgresql", "expression"),
+        ("postgresql", "invalid"),
+        ("sqlite", "partial"),
+        ("sqlite", "expression"),
+    ],
+)
+def test_a_unique_index_that_does_not_hold_every_row_hides_no_duplicate_key(
+    engine_name, kind, tmp_path
+):
+    """A key counts as unique (and the duplicate check is left out of the diff) only for
+    a primary key, a unique constraint or a unique index on plain columns of the key
+    that holds every row: not a partial one, one with an expression, or an invalid one
+    (a failed CREATE UNIQUE INDEX CONCURRENTLY, which is how duplicates often show)."""
+    backend_gen = make_backend(engine_name, tmp_path)
+    backend = next(backend_gen)
+    try:
+        load(backend, EVENTS, [CLEAN[0], corrupt(CLEAN, A1, total=99)[0], CLEAN[1]], unique=False)
+        _create_index(backend, kind, "ent_unique", "ent", "k1, k2")
+        _, found = audit(backend, tmp_path)
+        assert [(r["key"], r["kind"]) for r in found] == [('["a",1]', "duplicate_key")]
+    finally:
+        next(backend_gen, None)
+
+
+@pytest.mark.parametrize(
+    ("engine_name", "kind"),
+    [
+        ("postgresql", "partial"),
+        ("postgresql", "expression"),
+        ("postgresql", "invalid"),
+        ("postgresql", None),
+        ("sqlite", "partial"),
+        ("sqlite", "expression"),
+        ("sqlite", None),
+    ],
+)
+def test_only_a_unique_index_on_every_row_makes_order_by_and_key_unique(
+    engine_name, kind, tmp_path
+):
+    """The binding's uniqueness flags (they drop the tie check of first/last folds and
+    let a fold pick its row by max(order_by)) for each kind of index; None: a plain
+    unique index, which does make them unique."""
+    backend_gen = make_backend(engine_name, tmp_path)
+    backend = next(backend_gen)
+    try:
+        backend.execute(
+            "CREATE TABLE seq_ev (seq INTEGER NOT NULL, k1 VARCHAR(64) NOT NULL, "
+            "v INTEGER, total INTEGER)"
+        )
+        backend.execute(
+            "CREATE TABLE seq_ent (k1 VARCHAR(64) NOT NULL, last_v INTEGER, total INTEGER)"
+        )
+        if kind == "invalid":  # rows the concurrent build fails on
+            backend.execute("INSERT INTO seq_ev VALUES (1, 'a', 1, 1), (1, 'b', 2, 2)")
+            backend.execute("INSERT INTO seq_ent VALUES ('a', 1, 1), ('a', 1, 1)")
+        if kind is None:
+            backend.execute("CREATE UNIQUE INDEX seq_ev_u ON seq_ev (seq)")
+            backend.execute("CREATE UNIQUE INDEX seq_ent_u ON seq_ent (k1)")
+        else:
+            _create_index(backend, kind, "seq_ev_u", "seq_ev", "seq")
+            _create_index(backend, kind, "seq_ent_u", "seq_ent", "k1")
+        spec = parse_spec(
+            f'version = 1\n[database]\nurl = "{backend.url}"\n'
+            '[streams.ev]\ntable = "seq_ev"\nkey = ["k1"]\norder_by = ["seq"]\n'
+            '[entities.ent]\ntable = "seq_ent"\nkey = ["k1"]\n'
+            '[entities.ent.columns.last_v]\nstream = "ev"\nfold = "last"\nvalue = "v"\n'
+        )
+        with backend.engine.connect() as conn, warnings.catch_warnings():
+            warnings.simplefilter("error")  # SQLite's skipped expression index: no warning
+            bound = bind_spec(spec, conn)
+            conn.rollback()
+        unique = kind is None
+        assert bound.streams["ev"].order_is_unique is unique
+        assert bound.entities["ent"].key_is_unique is unique
+    finally:
+        next(backend_gen, None)
