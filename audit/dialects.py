@@ -68,6 +68,10 @@ class Dialect:
         """Event listeners for reflecting a table (work-arounds for reflection quirks)."""
         return []
 
+    def invalid_indexes(self, conn: Connection) -> set[tuple[str, str, str]]:
+        """(schema, table, index) of indexes the database keeps but does not trust."""
+        return set()
+
     def whole_table_settings(self) -> tuple[list[str], list[str]]:
         """Session settings for a diff that reads whole tables, and how to undo them."""
         return [], []
@@ -152,6 +156,21 @@ class PostgresDialect(Dialect):
 
     def snapshot_time(self, conn: Connection) -> object:
         return conn.exec_driver_sql("SELECT transaction_timestamp()").scalar_one()
+
+    def invalid_indexes(self, conn: Connection) -> set[tuple[str, str, str]]:
+        """Indexes marked invalid (usually none): what a failed ``CREATE INDEX
+        CONCURRENTLY`` leaves behind, for a unique one often because of the very
+        duplicates it was to forbid. The planner ignores them. Asked of the catalog,
+        not of reflection: SQLAlchemy 2.0 (which drift allows) reflects them as
+        ordinary indexes."""
+        rows = conn.exec_driver_sql(
+            "SELECT n.nspname, t.relname, c.relname FROM pg_catalog.pg_index i "
+            "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_catalog.pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace "
+            "WHERE NOT i.indisvalid"
+        )
+        return {(schema, table, index) for schema, table, index in rows}
 
     def whole_table_settings(self) -> tuple[list[str], list[str]]:
         """No plain or index-only scans while a full diff runs.

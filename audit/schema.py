@@ -150,10 +150,18 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
 
     tables: dict[tuple[str | None, str], sa.Table] = {}
     _reflect_together(conn, inspector, metadata, _spec_tables(spec))
+    invalid = dialect.invalid_indexes(conn)
 
     def reflect(section: str, name: str, schema: str | None) -> sa.Table:
         if (schema, name) not in tables:
-            tables[(schema, name)] = _reflect(conn, inspector, metadata, section, name, schema)
+            table = _reflect(conn, inspector, metadata, section, name, schema)
+            # An index the database does not trust is no index: it guarantees no
+            # uniqueness and serves no lookup. With no schema named, one of that
+            # name on a table of that name in any schema is left out (the safe side).
+            for s, t, i in invalid:
+                if t == name and schema in (None, s):
+                    table.indexes -= {x for x in table.indexes if x.name == i}
+            tables[(schema, name)] = table
         return tables[(schema, name)]
 
     streams: dict[str, BoundStream] = {}
@@ -506,11 +514,9 @@ def _leads_an_index(table: sa.Table, key: tuple[ColumnElement, ...]) -> bool:
 
 def _whole_index_columns(index: sa.Index) -> list[str]:
     """The index's leading plain columns, in order, up to its first expression; none
-    for an index that may not hold every row: partial (a WHERE clause) or, on
-    PostgreSQL, invalid (a failed CREATE INDEX CONCURRENTLY, often on duplicates)."""
+    for a partial index (a WHERE clause), which may not hold every row. (Invalid
+    PostgreSQL indexes are left out of the table when it is reflected.)"""
     if any(k.endswith("_where") and v is not None for k, v in index.dialect_kwargs.items()):
-        return []
-    if any(options.get("invalid") for options in index.reflect_only_elements.values()):
         return []
     names = []
     for expression in index.expressions:
