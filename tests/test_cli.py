@@ -312,7 +312,7 @@ from drift import cli
 if sys.argv[1] == "thread":
     marker, released, exit_now = Path(sys.argv[2]), threading.Event(), cli._exit
     def late():
-        released.wait()  # still running when the command exits
+        released.wait(60)  # still running when the command exits (bounded: no hang on a bug)
         time.sleep(0.2)
         marker.write_text("done")
     def release_then_exit(code):
@@ -346,6 +346,7 @@ def test_the_command_skips_the_interpreter_teardown_only_when_nothing_is_left(
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        timeout=120,
     )
     assert out.returncode == 1, out.stderr  # findings
     lines = out.stdout.rstrip("\n").split("\n")
