@@ -711,7 +711,9 @@ def payload_divergence(
     ``created_at``. None when every announced state agrees (or none can be compared).
     """
     fold, initial = column.spec.fold, column.spec.initial
-    running: Any = (initial or 0) if fold in ("sum", "count") else initial
+    # A float initial (TOML has no decimals) as the decimal it was written as: running
+    # sums add Decimals (float + Decimal would raise).
+    running: Any = (_number(initial) or 0) if fold in ("sum", "count") else initial
     after: dict[str, Any] = {}
     for position, row in enumerate(rows):
         value = row["value"]

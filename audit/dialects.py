@@ -145,6 +145,14 @@ class PostgresDialect(Dialect):
         conn.exec_driver_sql("SET LOCAL jit = off")
         return conn
 
+    def differs(self, a: ColumnElement, b: ColumnElement, text: bool) -> ColumnElement:
+        if text:
+            # Under a nondeterministic collation (ICU, e.g. case- or accent-insensitive)
+            # 'PAID' equals 'paid'; under "C" equal text is the same characters. As text
+            # first: an enum or a domain takes no COLLATE, and citext ignores it.
+            a, b = _c_text(a), _c_text(b)
+        return a.is_distinct_from(b)
+
     def row_estimate(self, conn: Connection, table: sa.Table) -> int | None:
         # reltuples: kept by VACUUM, ANALYZE and autovacuum; -1 before the first of them.
         name = conn.dialect.identifier_preparer.format_table(table)
@@ -271,6 +279,11 @@ class MySQLDialect(Dialect):
     def json_invalid(self, column: ColumnElement) -> ColumnElement | None:
         # JSON_EXTRACT reads malformed JSON as NULL, silently.
         return sa.and_(column.is_not(None), sa.func.json_valid(column) == 0)
+
+
+def _c_text(expr: ColumnElement) -> ColumnElement:
+    """PostgreSQL: a value as text under the "C" collation (compared character by character)."""
+    return sa.collate(sa.cast(expr, sa.Text()), "C")
 
 
 def _unescape_column_name(inspector: Any, table: sa.Table, column_info: dict) -> None:

@@ -183,17 +183,25 @@ def _touched(stream: BoundStream, since: list[Any] | None) -> sa.Select:
     """
     query = sa.select(*stream.key).select_from(stream.table)
     if since is not None and None not in since:
-        query = query.where(_after(stream.order_by, since))
+        # An order_by that is not unique (a timestamp) can tie with the mark: a row
+        # committed after the audit with the mark's very value is new, and ``>`` would
+        # never see it, whatever the lookback. Such a stream re-reads the mark's rows.
+        query = query.where(_after(stream.order_by, since, inclusive=not stream.order_is_unique))
     return query
 
 
-def _after(order_by: Sequence[ColumnElement], values: Sequence[Any]) -> ColumnElement:
-    """Lexicographic ``(o1, o2, ...) > (v1, v2, ...)``, portable to every engine."""
+def _after(
+    order_by: Sequence[ColumnElement], values: Sequence[Any], inclusive: bool = False
+) -> ColumnElement:
+    """Lexicographic ``(o1, o2, ...) > (v1, v2, ...)`` (``>=`` when ``inclusive``),
+    portable to every engine."""
     bound = [sa.literal(_typed(o, v), type_=o.type) for o, v in zip(order_by, values)]
     clauses = []
+    last = len(order_by) - 1
     for i in range(len(order_by)):
         equal = [order_by[j] == bound[j] for j in range(i)]
-        clauses.append(sa.and_(*equal, order_by[i] > bound[i]))
+        beyond = order_by[i] >= bound[i] if inclusive and i == last else order_by[i] > bound[i]
+        clauses.append(sa.and_(*equal, beyond))
     return sa.or_(*clauses)
 
 

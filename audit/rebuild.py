@@ -19,8 +19,10 @@ Semantics (also in docs/spec.md):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -297,25 +299,44 @@ def build_folds(
             if index not in folds.windows:
                 folds.windows[index] = first_last(stream, index, column, only_keys)
     for index, column in enumerate(entity.columns):
-        folds.expected.append(_expected(folds, index, column))
+        folds.expected.append(_expected(folds, index, column, exact=dialect.name != "sqlite"))
         if index in folds.windows and "tie" in folds.windows[index].c:
             folds.tie_flags[index] = folds.windows[index].c.tie
     return folds
 
 
-def _expected(folds: EntityFolds, index: int, column: BoundColumn) -> ColumnElement:
+def _expected(folds: EntityFolds, index: int, column: BoundColumn, exact: bool) -> ColumnElement:
     fold = column.spec.fold
     initial = column.spec.initial
     if fold in ("sum", "count"):
         agg = folds.aggregates[column.spec.stream].c[f"c{index}"]
         expr: ColumnElement = sa.func.coalesce(agg, sa.literal_column("0"))
         if initial:
-            expr = expr + sa.literal(initial)
+            expr = expr + _initial(initial, agg.type, exact)
         return expr
     if fold in ("min", "max"):
         agg = folds.aggregates[column.spec.stream].c[f"c{index}"]
-        return agg if initial is None else sa.func.coalesce(agg, sa.literal(initial))
+        return agg if initial is None else sa.func.coalesce(agg, _initial(initial, agg.type, exact))
     window = folds.windows[index]
     if initial is None:
         return window.c.v
-    return sa.case((window.c.hit.is_(None), sa.literal(initial)), else_=window.c.v)
+    return sa.case(
+        (window.c.hit.is_(None), _initial(initial, window.c.v.type, exact)), else_=window.c.v
+    )
+
+
+def _initial(initial: Any, folded: sa.types.TypeEngine[Any], exact: bool) -> ColumnElement:
+    """``initial`` as a literal beside a folded value of type ``folded``.
+
+    TOML has no decimals: ``initial = 0.10`` arrives as a float, and bound as one
+    (a double) it turns the sum or coalesce of an exact NUMERIC/DECIMAL value into
+    floating point, where 0.10 + 1000000.07 is 1000000.1699999999 and a 1e-9 drift
+    of a NUMERIC(30,9) column disappears. Where the database has exact decimals
+    (``exact``: not SQLite, whose arithmetic is floating point anyway), a float is
+    bound as the decimal it was written as (its shortest repr), in the folded
+    value's type (or NUMERIC beside an expression of unknown type).
+    """
+    if exact and isinstance(initial, float) and math.isfinite(initial):
+        typed = sa.Numeric() if isinstance(folded, sa.types.NullType) else folded
+        return sa.literal(Decimal(repr(initial)), typed)
+    return sa.literal(initial)

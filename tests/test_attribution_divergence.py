@@ -188,3 +188,35 @@ def test_state_needs_a_payload():
     text = SPEC.format(url="sqlite://").replace('payload = "payload"\n', "")
     with pytest.raises(SpecError, match=r"outboxes\.changes\.state: needs payload"):
         parse_spec(text)
+
+
+def test_a_fractional_initial_is_added_exactly(backend, tmp_path):
+    """``initial = 0.5`` arrives from TOML as a float: the running sums add it as a decimal
+    (a float plus the stream's Decimals raised TypeError and ended the audit)."""
+    load(backend)
+    with backend.engine.begin() as conn:  # every announced count 0.5 higher
+        for i, _k, _, _, n, _ in HISTORY:
+            if n is not None:
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.id == 100 + i)
+                    .values(payload=json.dumps({"state": {"n": n + 0.5, "status": None}}))
+                )
+    spec = SPEC.replace('value = "delta"\n', 'value = "delta"\ninitial = 0.5\n', 1)
+    result = run_audit(
+        parse_spec(spec.format(url=backend.url)), out=tmp_path / "a", write_report=False
+    )
+    rows = pq.read_table(result.findings_path).to_pylist()
+    found = {
+        json.loads(r["key"])[0]: json.loads(r["evidence"])
+        for r in rows
+        if r["kind"] == "mismatch" and r["column"] == "n"
+    }
+    assert set(found) == {"A", "B", "C"}  # C: no delta, so 0.5 rebuilt against its 0
+    a = found["A"]
+    assert a["first_divergence_at"] == "2026-03-14T09:00:03Z"
+    assert (a["divergence"]["announced_state"], a["divergence"]["rebuilt_state"]) == (
+        "8.5",
+        "10.5",
+    )
+    assert found["B"]["first_divergence_at"] is None

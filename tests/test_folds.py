@@ -494,3 +494,137 @@ def test_only_a_unique_index_on_every_row_makes_order_by_and_key_unique(
         assert bound.entities["ent"].key_is_unique is unique
     finally:
         next(backend_gen, None)
+
+
+def test_a_fractional_initial_keeps_exact_decimals_exact(server_backend, tmp_path):
+    """TOML reads ``initial = 0.10`` as a float; bound as a double it made the rebuilt
+    value of a DECIMAL column floating point: right rows reported (0.10 + 1000000.07 =
+    1000000.1699999999) and a 1e-9 drift missed. It is added as the decimal it was written."""
+    from decimal import Decimal
+
+    backend = server_backend
+    md = sa.MetaData()
+    ev = sa.Table(
+        "acct_ev",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("acct", sa.Integer, nullable=False),
+        sa.Column("amt", sa.Numeric(30, 9), nullable=False),
+    )
+    acct = sa.Table(
+        "acct",
+        md,
+        sa.Column("acct", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("bal", sa.Numeric(30, 9)),  # sum of amt, initial 0.10
+        sa.Column("hi", sa.Numeric(30, 9)),  # max of amt, initial 0.0
+        sa.Column("scaled", sa.Numeric(30, 9)),  # sum of an expression, initial 0.5
+    )
+    big = Decimal("1234567890.123456789")
+    with backend.engine.begin() as conn:
+        md.create_all(conn)
+        conn.execute(
+            ev.insert(),
+            [
+                {"id": 1, "acct": 1, "amt": Decimal("0.20")},
+                {"id": 2, "acct": 1, "amt": Decimal("1000000.07")},
+                {"id": 3, "acct": 2, "amt": big},
+            ],
+        )
+        conn.execute(
+            acct.insert(),
+            [
+                # exactly right
+                {"acct": 1, "bal": Decimal("1000000.37"), "hi": Decimal("1000000.07"),
+                 "scaled": Decimal("1000000.77")},
+                # each 1e-9 off
+                {"acct": 2, "bal": big + Decimal("0.1") - Decimal("1e-9"),
+                 "hi": big - Decimal("1e-9"), "scaled": big + Decimal("0.5") + Decimal("1e-9")},
+            ],
+        )  # fmt: skip
+    spec = parse_spec(
+        f"""
+version = 1
+[database]
+url = "{backend.url}"
+[streams.ev]
+table = "acct_ev"
+key = ["acct"]
+order_by = ["id"]
+[entities.acct]
+table = "acct"
+key = ["acct"]
+[entities.acct.columns.bal]
+stream = "ev"
+fold = "sum"
+value = "amt"
+initial = 0.10
+[entities.acct.columns.hi]
+stream = "ev"
+fold = "max"
+value = "amt"
+initial = 0.0
+[entities.acct.columns.scaled]
+stream = "ev"
+fold = "sum"
+value = "amt * 1"
+initial = 0.5
+"""
+    )
+    import pyarrow.parquet as pq
+
+    from audit.run import run_audit
+
+    result = run_audit(spec, out=tmp_path / "a", write_report=False)
+    found = pq.read_table(result.findings_path).to_pylist()
+    assert {(r["key"], r["column"], r["kind"]) for r in found} == {
+        ("[2]", "bal", "mismatch"),
+        ("[2]", "hi", "mismatch"),
+        ("[2]", "scaled", "mismatch"),
+    }
+    by_column = {r["column"]: r for r in found}
+    assert Decimal(by_column["bal"]["expected"]) == big + Decimal("0.1")
+    assert Decimal(by_column["hi"]["expected"]) == big
+    assert Decimal(by_column["scaled"]["expected"]) == big + Decimal("0.5")
+
+
+def test_text_is_exact_under_a_nondeterministic_collation(tmp_path):
+    """PostgreSQL compares text under the column's collation: under a case-insensitive ICU
+    one (deterministic = false) 'Paid' equalled 'paid' and the drift was missed. Text is
+    compared as the same characters, as on the other engines."""
+    backend_gen = make_backend("postgresql", tmp_path)
+    backend = next(backend_gen)
+    try:
+        backend.execute(
+            "CREATE COLLATION drift_ci (provider = icu, locale = 'und-u-ks-level1', "
+            "deterministic = false)"
+        )
+        md = sa.MetaData()
+        ent = sa.Table(
+            "ent",
+            md,
+            sa.Column("k1", sa.String(64), primary_key=True),
+            sa.Column("k2", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("last_s", sa.Text(collation="drift_ci")),
+        )
+        events = [
+            {"k1": "a", "k2": 1, "s": "paid"},
+            {"k1": "a", "k2": 2, "s": "straße"},
+            {"k1": "a", "k2": 3, "s": "paid"},
+        ]
+        rows = [
+            {"k1": "a", "k2": 1, "last_s": "Paid"},  # case
+            {"k1": "a", "k2": 2, "last_s": "straße".upper()},  # case, and ß -> SS
+            {"k1": "a", "k2": 3, "last_s": "paid"},
+        ]
+        load(backend, events, rows, table=ent)
+        with backend.engine.connect() as conn:
+            equal = conn.exec_driver_sql("SELECT count(*) FROM ent WHERE last_s = 'paid'")
+            assert equal.scalar_one() == 2  # the collation does ignore case
+        columns = '[entities.ent.columns.last_s]\nstream = "ev"\nfold = "last"\nvalue = "s"\n'
+        _, found = audit(backend, tmp_path, columns=columns)
+        assert brief(found) == {
+            (("a", 1), "last_s", "mismatch", "paid", "Paid"),
+            (("a", 2), "last_s", "mismatch", "straße", "STRASSE"),
+        }
+    finally:
+        next(backend_gen, None)

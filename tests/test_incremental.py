@@ -200,3 +200,38 @@ def test_since_last_and_only_keys_do_not_combine(sqlite_backend, tmp_path):
     with pytest.raises(DriftError, match="either incremental"):
         run(sqlite_backend, tmp_path, "both", only_keys={"ent": [("a", 1)]})
     assert not (tmp_path / "state.json").exists()
+
+
+def test_a_row_tying_with_the_mark_of_a_non_unique_order_by_is_seen(backend, tmp_path):
+    """A stream ordered by a timestamp can have ties: a row committed after an audit with
+    the mark's very timestamp is new. ``order_by > mark`` never saw it, whatever the
+    lookback; a stream whose order_by is not unique re-reads the mark's rows."""
+    from audit.run import run_audit
+    from audit.spec import parse_spec
+    from tests.shop import spec_text
+
+    at = "2026-01-01T10:00:00"
+    events = [{"k1": "a", "k2": 1, "v": 5, "t": at}, {"k1": "a", "k2": 2, "v": 5, "t": at}]
+    load(backend, events, [{"k1": "a", "k2": k, "total": 5} for k in (1, 2)])
+    spec = parse_spec(spec_text(backend.url, SUM).replace('order_by = ["id"]', 'order_by = ["t"]'))
+    state = tmp_path / "state.json"
+
+    def since_last(name):
+        result = run_audit(
+            spec,
+            out=tmp_path / name,
+            write_report=False,
+            since_last=state,
+            lookback=dt.timedelta(0),
+        )
+        import pyarrow.parquet as pq
+
+        return result, pq.read_table(result.findings_path).to_pylist()
+
+    first, found = since_last("first")
+    assert (first.summary["scope"], found) == ("full", [])
+    with backend.engine.begin() as conn:  # committed after the audit, same timestamp
+        conn.execute(ev.insert().values(id=3, k1="a", k2=2, v=1, t=at))
+    second, found = since_last("second")
+    assert second.summary["scope"] == "incremental"
+    assert brief(found) == {(("a", 2), "total", "mismatch", 6, 5)}
