@@ -246,6 +246,38 @@ class _SlotRendering:
         return super().render_literal_value(value, type_)  # type: ignore[misc]
 
 
+class _ExactDecimals:
+    """Compiler mixin: a Decimal for an integer or fixed-point column renders exactly.
+
+    SQLAlchemy renders a Decimal with ``str()``: ``1.234E-7`` (or ``1E+30``) for a
+    NUMERIC is a DOUBLE literal on MariaDB, so ``total + 1.234E-7`` is computed in
+    double and rounded into the DECIMAL column; and Integer's ``int()`` truncates the
+    10.5 that SQLite lets an INTEGER column hold. Plain positional notation is an
+    exact decimal literal on every engine. A float column keeps the exponent form,
+    a double literal: the column's own kind of value.
+    """
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        if (
+            isinstance(value, Decimal)
+            and value.is_finite()
+            and isinstance(type_, (sa.Integer, sa.Numeric))
+            and not isinstance(type_, sa.Float)
+            and not (isinstance(type_, sa.Integer) and value == value.to_integral_value())
+        ):
+            exponent = value.as_tuple().exponent
+            assert isinstance(exponent, int)
+            if exponent >= -_POSITIONAL_DIGITS and value.adjusted() < _POSITIONAL_DIGITS:
+                return format(value, "f")
+            return str(value)  # no DECIMAL column holds it; at least never truncated
+        return super().render_literal_value(value, type_)  # type: ignore[misc]
+
+
+#: Digits on either side of the point up to which a Decimal is written out in full
+#: (MariaDB's DECIMAL holds 65 digits, PostgreSQL's numeric any number).
+_POSITIONAL_DIGITS = 1000
+
+
 # --------------------------------------------------------------------------- dialects
 
 
@@ -680,7 +712,7 @@ def _slot_compiler(name: str) -> Any:
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql.psycopg import PGCompiler_psycopg
 
-        class _PostgresSlotCompiler(_SlotRendering, PGCompiler_psycopg):
+        class _PostgresSlotCompiler(_SlotRendering, _ExactDecimals, PGCompiler_psycopg):
             pass
 
         return _PostgresSlotCompiler
@@ -705,7 +737,7 @@ def _slot_compiler(name: str) -> Any:
                 ]
                 return "(" + " || ".join(parts) + ")"
 
-        class _SQLiteSlotCompiler(_SlotRendering, _SQLiteScriptCompiler):
+        class _SQLiteSlotCompiler(_SlotRendering, _ExactDecimals, _SQLiteScriptCompiler):
             pass
 
         return _SQLiteSlotCompiler
@@ -726,7 +758,7 @@ def _slot_compiler(name: str) -> Any:
                         text = text.replace(raw, escaped)
                 return text
 
-        class _MySQLSlotCompiler(_SlotRendering, _MySQLScriptCompiler):
+        class _MySQLSlotCompiler(_SlotRendering, _ExactDecimals, _MySQLScriptCompiler):
             pass
 
         return _MySQLSlotCompiler

@@ -1,0 +1,157 @@
+"""Values whose literal or type the engine could read otherwise land exactly.
+
+Tiny and long decimals (MariaDB reads ``1.234E-7`` as a DOUBLE), text under a
+non-UTF-8 psql client encoding, single-precision floats (``real`` 0.1 is not the
+double 0.1), negative corrections to UNSIGNED columns, and the fraction SQLite
+lets an INTEGER column hold: fix.sql and rollback.sql with the real clients, and
+drift apply, each land on exactly the expected rows.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from audit import parse_spec, run_audit
+from remediate.plan import PlanOptions, build_plan, write_plan
+from remediate.sql import Step, get_script_dialect, offline_table, step_statement
+from tests.conftest import make_backend
+from tests.remediation_helpers import run_client
+
+
+def _spec(backend, columns: dict[str, tuple[str, str | None]]) -> str:
+    """One stream ``ev`` (key k, order id) folded into entity ``ent``'s columns."""
+    lines = [
+        "version = 1",
+        "[database]",
+        f'url = "{backend.url}"'.replace("\\", "\\\\"),
+        "[streams.ev]",
+        'table = "ev"',
+        'key = ["k"]',
+        'order_by = ["id"]',
+        "[entities.ent]",
+        'table = "ent"',
+        'key = ["k"]',
+    ]
+    for column, (fold, value) in columns.items():
+        lines += [f"[entities.ent.columns.{column}]", 'stream = "ev"', f'fold = "{fold}"']
+        if value is not None:
+            lines.append(f'value = "{value}"')
+    return "\n".join(lines) + "\n"
+
+
+def _audited(
+    backend,
+    tmp_path: Path,
+    ddl: list[str],
+    inserts: list[str],
+    columns: dict[str, tuple[str, str | None]],
+    delete_orphans: bool = False,
+):
+    for statement in [*ddl, *inserts]:
+        backend.execute(statement)
+    spec = parse_spec(_spec(backend, columns))
+    audit = tmp_path / "audit"
+    run_audit(spec, out=audit, write_report=False)
+    write_plan(audit, build_plan(audit, PlanOptions(delete_orphans=delete_orphans)))
+    return spec, audit
+
+
+def _ent(backend) -> dict[object, tuple]:
+    with backend.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM ent")).all()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator:
+    yield from make_backend("postgresql", tmp_path)
+
+
+@pytest.fixture
+def mariadb(tmp_path: Path) -> Iterator:
+    yield from make_backend("mysql", tmp_path)
+
+
+# --------------------------------------------------------------------------- decimals
+
+
+@pytest.mark.parametrize("name", ["postgresql", "mysql", "sqlite"])
+def test_decimals_for_numeric_and_integer_columns_are_written_out_in_full(name):
+    script = get_script_dialect(name)
+    table = offline_table(
+        {
+            "name": "ent",
+            "columns": [
+                {"name": "k", "family": "integer", "nullable": False},
+                {"name": "total", "family": "numeric", "nullable": True},
+                {"name": "n", "family": "integer", "nullable": True},
+                {"name": "x", "family": "float", "nullable": True},
+            ],
+        }
+    )
+
+    def delta(column: str, value: Decimal) -> str:
+        step = Step(1, "ent", (1,), "delta", column, value=value)
+        direct = script.compile(step_statement(step, table, ["k"], script))
+        assert script.compile_step(step, table, ["k"]) == direct
+        return direct
+
+    assert "+ 0.0000001234)" in delta("total", Decimal("1.234E-7"))
+    assert "+ -0.000000000000000000000000000001)" in delta("total", Decimal("-1E-30"))
+    assert "+ 123456789012345678900000)" in delta("total", Decimal("1.234567890123456789E+23"))
+    assert "+ -0)" in delta("total", Decimal("-0"))
+    assert "+ -0.00)" in delta("total", Decimal("-0.00"))
+    # A fraction in an integer column (SQLite) is not truncated; whole numbers stay ints.
+    assert "+ 1.5)" in delta("n", Decimal("1.5"))
+    assert "+ -0.25)" in delta("n", Decimal("-2.5E-1"))
+    assert "+ 1200)" in delta("n", Decimal("1.2E+3"))
+    # A float column's value is a double: the exponent form is its literal.
+    assert "+ 1.234E-7)" in delta("x", Decimal("1.234E-7"))
+
+    cas = Step(1, "ent", (1,), "cas", "total", value=Decimal("-9.87E-8"), observed=Decimal("1E-9"))
+    sql = script.compile_step(cas, table, ["k"])
+    assert sql.endswith("SET total=-0.0000000987 WHERE ent.k = 1 AND ent.total = 0.000000001")
+
+
+def test_tiny_decimal_corrections_land_exactly(server_backend, tmp_path):
+    # MariaDB read 1.234E-7 as a DOUBLE: total + 1.234E-7 was computed in double and
+    # rounded into the DECIMAL column (...9124 became ...9120), and a cas wrote the
+    # double nearest to its value.
+    _, audit = _audited(
+        server_backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, "
+            "amt DECIMAL(30,10) NOT NULL, tiny DECIMAL(38,30) NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, total DECIMAL(30,10), tiny DECIMAL(38,30))",
+        ],
+        [
+            "INSERT INTO ev VALUES "
+            "(1, 1, 12345678.1234567890, 0), "
+            "(2, 1, 0.0000001234, 0.000000123456789012345678901234), "
+            "(3, 2, -12345678.1234567890, 0), "
+            "(4, 2, -0.0000001234, -0.000000987654321098765432109876)",
+            "INSERT INTO ent VALUES "
+            "(1, 12345678.1234567890, 0.000000100000000000000000000001), "
+            "(2, -12345678.1234567890, -0.000000100000000000000000000001)",
+        ],
+        {"total": ("sum", "amt"), "tiny": ("last", "tiny")},
+    )
+    original = _ent(server_backend)
+    _ok(run_client(server_backend, audit / "plan" / "fix.sql"))
+    assert _ent(server_backend) == {
+        1: (Decimal("12345678.1234569124"), Decimal("0.000000123456789012345678901234")),
+        2: (Decimal("-12345678.1234569124"), Decimal("-0.000000987654321098765432109876")),
+    }
+    _ok(run_client(server_backend, audit / "plan" / "rollback.sql"))
+    assert _ent(server_backend) == original
