@@ -440,7 +440,13 @@ class PostgresScript(ScriptDialect):
         return dialect
 
     def prologue(self) -> list[str]:
-        return ["SET standard_conforming_strings = on;", *self.history_ddl()]
+        # The script is UTF-8 whatever psql's client encoding (locale, PGCLIENTENCODING):
+        # under LATIN1 the server would read each byte of 'é' as a character of its own.
+        return [
+            "SET client_encoding = 'UTF8';",
+            "SET standard_conforming_strings = on;",
+            *self.history_ddl(),
+        ]
 
     def guarded(self, sql: str, action_id: int) -> str:
         # The dollar-quote tag: the first of $drift$, $drift1$, ... that neither the

@@ -21,7 +21,7 @@ from audit import parse_spec, run_audit
 from remediate.plan import PlanOptions, build_plan, write_plan
 from remediate.sql import Step, get_script_dialect, offline_table, step_statement
 from tests.conftest import make_backend
-from tests.remediation_helpers import run_client
+from tests.remediation_helpers import findings, run_client, table_state
 
 
 def _spec(backend, columns: dict[str, tuple[str, str | None]]) -> str:
@@ -155,3 +155,37 @@ def test_tiny_decimal_corrections_land_exactly(server_backend, tmp_path):
     }
     _ok(run_client(server_backend, audit / "plan" / "rollback.sql"))
     assert _ent(server_backend) == original
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def test_the_postgres_script_is_read_as_utf8_whatever_the_client_encoding(postgres, tmp_path):
+    # psql sends the file's bytes in its client encoding (locale, PGCLIENTENCODING):
+    # under LATIN1 'café ✓' was stored as 'cafÃ© â\x9c\x93' and the script exited 0.
+    spec, audit = _audited(
+        postgres,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, s TEXT NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, note TEXT)",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, 'old'), (2, 1, 'café ✓ \U0001f600'), (3, 2, 'naïve')",
+            "INSERT INTO ent VALUES (1, 'old')",
+        ],
+        {"note": ("last", "s")},
+    )
+    original = table_state(postgres, "ent")
+    command, env = postgres.client_command()
+    env["PGCLIENTENCODING"] = "LATIN1"
+
+    def run(script: str) -> None:
+        path = audit / "plan" / script
+        _ok(subprocess.run([*command, "-f", str(path)], env=env, capture_output=True, timeout=120))
+
+    run("fix.sql")
+    assert _ent(postgres) == {1: ("café ✓ \U0001f600",), 2: ("naïve",)}
+    assert findings(spec, postgres, tmp_path, "after") == set()
+    run("rollback.sql")
+    assert table_state(postgres, "ent") == original
