@@ -29,7 +29,9 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from audit.dialects import _utf8mb4_bytes, get_dialect
 from audit.errors import PlanError, did_you_mean
@@ -72,10 +74,22 @@ class Step:
 def offline_table(info: dict[str, Any]) -> sa.Table:
     """A Table built from target.json's description (no database needed)."""
     columns = [
-        sa.Column(c["name"], FAMILY_TYPES.get(c["family"], sa.String)(), nullable=c["nullable"])
-        for c in info["columns"]
+        sa.Column(c["name"], _offline_type(c), nullable=c["nullable"]) for c in info["columns"]
     ]
     return sa.Table(info["name"], sa.MetaData(), *columns, schema=info.get("schema"))
+
+
+def _offline_type(column: dict[str, Any]) -> sa.types.TypeEngine:
+    """A target.json column's type family; a float column's type says its precision."""
+    if column["family"] == "float":
+        # The type's text as its own database's reflection names it: PostgreSQL's
+        # single precision is REAL, MariaDB's FLOAT (its REAL is a DOUBLE).
+        text = str(column.get("type", "")).upper()
+        if text.startswith("REAL"):
+            return sa.REAL()
+        if text.startswith("FLOAT"):
+            return sa.FLOAT()
+    return FAMILY_TYPES.get(column["family"], sa.String)()
 
 
 def _literal(column: sa.Column, value: Any) -> ColumnElement:
@@ -90,7 +104,7 @@ def matches(dialect: ScriptDialect, column: sa.Column, value: Any) -> ColumnElem
     """Null-safe, exact (byte-wise for text) ``column = value``."""
     if value is None:
         return column.is_(None)
-    literal = _literal(column, value)
+    literal = dialect.as_column_type(column, _literal(column, value))
     if _is_text(column):
         return dialect.exact_text_equals(column, literal)
     return column == literal
@@ -353,6 +367,21 @@ class ScriptDialect:
         """Text equality byte for byte, whatever the column's collation."""
         return column == value
 
+    def as_column_type(self, column: sa.Column, value: ColumnElement) -> ColumnElement:
+        """``value`` as the column's own type where a comparison needs it.
+
+        A single-precision column (PostgreSQL ``real``, MariaDB ``FLOAT``) holds 0.1
+        as 0.100000001490116..., which is never equal to the double or decimal 0.1:
+        the value is cast to single precision first (:class:`_single_float`).
+        """
+        if self.single_float(column.type):
+            return _single_float(value)
+        return value
+
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        """True for this database's single-precision float type."""
+        return False
+
     def history_ddl(self) -> list[str]:
         return [
             self.compile(sa.schema.CreateTable(table, if_not_exists=True)) + ";"
@@ -438,6 +467,9 @@ class PostgresScript(ScriptDialect):
         dialect = psycopg.dialect(paramstyle="named")
         dialect.statement_compiler = _slot_compiler(self.name)
         return dialect
+
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        return isinstance(type_, sa.REAL)
 
     def prologue(self) -> list[str]:
         # The script is UTF-8 whatever psql's client encoding (locale, PGCLIENTENCODING):
@@ -576,6 +608,11 @@ class MySQLScript(ScriptDialect):
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         return _utf8mb4_bytes(column) == _utf8mb4_bytes(value)
 
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        # FLOAT(p) with p > 24 is a DOUBLE in the catalog, and REAL too (unless the
+        # sql_mode has REAL_AS_FLOAT, when the catalog says FLOAT).
+        return isinstance(type_, sa.FLOAT)
+
     def prologue(self) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
         return [
@@ -702,6 +739,37 @@ class SQLiteScript(ScriptDialect):
 
     def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
         return FAMILY_TYPES.get(family, sa.String)()
+
+
+class _single_float(FunctionElement):  # noqa: N801 - a SQL function
+    """A value cast to single precision; the value itself elsewhere (SQLite has none).
+
+    SQLAlchemy's own CAST to FLOAT on MariaDB is skipped (with a warning) unless the
+    connected server is MySQL 8.0.17 or later; MariaDB takes it since 10.4.5.
+    """
+
+    inherit_cache = True
+    type = sa.Float()
+    name = "single_float"
+
+
+@compiles(_single_float)
+def _compile_single_float(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return compiler.process(arg, **kw)
+
+
+@compiles(_single_float, "postgresql")
+def _compile_single_float_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS REAL)"
+
+
+@compiles(_single_float, "mysql")
+@compiles(_single_float, "mariadb")
+def _compile_single_float_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS FLOAT)"
 
 
 _CONTROL = re.compile(r"([\x00-\x08\x0a-\x1f\x7f])")

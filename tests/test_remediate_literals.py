@@ -18,6 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from audit import parse_spec, run_audit
+from remediate.apply import apply_plan, rollback_plan
+from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
 from remediate.sql import Step, get_script_dialect, offline_table, step_statement
 from tests.conftest import make_backend
@@ -189,3 +191,79 @@ def test_the_postgres_script_is_read_as_utf8_whatever_the_client_encoding(postgr
     assert findings(spec, postgres, tmp_path, "after") == set()
     run("rollback.sql")
     assert table_state(postgres, "ent") == original
+
+
+# --------------------------------------------------------------------------- single precision
+
+SINGLE = {"postgresql": "REAL", "mysql": "FLOAT"}
+
+
+@pytest.mark.parametrize(
+    ("name", "type_text", "guard"),
+    [
+        ("postgresql", "REAL", "ent.hi = CAST(0.1 AS REAL)"),
+        ("postgresql", "DOUBLE PRECISION", "ent.hi = 0.1"),
+        ("mysql", "FLOAT", "ent.hi = CAST(0.1 AS FLOAT)"),
+        ("mysql", "FLOAT UNSIGNED", "ent.hi = CAST(0.1 AS FLOAT)"),
+        ("mysql", "DOUBLE", "ent.hi = 0.1"),
+        ("sqlite", "REAL", "ent.hi = 0.1"),  # SQLite's REAL is a double
+    ],
+)
+def test_single_precision_guards_cast_the_value(name, type_text, guard):
+    script = get_script_dialect(name)
+    table = offline_table(
+        {
+            "name": "ent",
+            "columns": [
+                {"name": "k", "family": "integer", "nullable": False},
+                {"name": "hi", "family": "float", "type": type_text, "nullable": True},
+            ],
+        }
+    )
+    cas = Step(1, "ent", (1,), "cas", "hi", value=Decimal("0.7"), observed=Decimal("0.1"))
+    delete = Step(1, "ent", (2,), "delete", row={"k": 2, "hi": Decimal("0.1")})
+    for step, expected in [
+        (cas, f"UPDATE ent SET hi=0.7 WHERE ent.k = 1 AND {guard}"),
+        (delete, f"DELETE FROM ent WHERE ent.k = 2 AND {guard}"),
+    ]:
+        assert script.compile(step_statement(step, table, ["k"], script)) == expected
+        assert script.compile_step(step, table, ["k"]) == expected
+
+
+def test_single_precision_guards_match(server_backend, tmp_path):
+    # real 0.1 is 0.100000001490116...: compared with the double (or numeric) 0.1 the
+    # cas guard never matched (a false "row changed since the audit") and an orphan
+    # row with a real column could be deleted by neither fix.sql nor drift apply.
+    real = SINGLE[server_backend.name]
+    spec, audit = _audited(
+        server_backend,
+        tmp_path,
+        [
+            f"CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v {real} NOT NULL)",
+            f"CREATE TABLE ent (k INTEGER PRIMARY KEY, hi {real})",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, 0.1), (2, 1, 0.7), (3, 2, 0.3)",
+            "INSERT INTO ent VALUES (1, 0.1), (2, 0.3), (3, 0.1)",
+        ],
+        {"hi": ("max", "v")},
+        delete_orphans=True,
+    )
+    original = table_state(server_backend, "ent")
+    assert len(findings(spec, server_backend, tmp_path, "before")) == 2
+
+    _ok(run_client(server_backend, audit / "plan" / "fix.sql"))
+    assert findings(spec, server_backend, tmp_path, "fixed") == set()
+    assert sorted(_ent(server_backend)) == [1, 2]
+    # rollback.sql's guards compare with the values fix.sql wrote (0.7, the deleted row).
+    _ok(run_client(server_backend, audit / "plan" / "rollback.sql"))
+    assert table_state(server_backend, "ent") == original
+
+    # drift apply (a new plan of the same audit), and its rollback.
+    write_plan(audit, build_plan(audit, PlanOptions(delete_orphans=True)))
+    approve(audit, "alice")
+    assert apply_plan(audit, server_backend.url).rows_changed == 2
+    assert findings(spec, server_backend, tmp_path, "applied") == set()
+    approve(audit, "bob", purpose="rollback")
+    assert rollback_plan(audit, server_backend.url).rows_changed == 2
+    assert table_state(server_backend, "ent") == original
