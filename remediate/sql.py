@@ -438,6 +438,10 @@ class ScriptDialect:
         """The type of a temp-table copy of ``column``."""
         return column.type
 
+    def delta_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        """The type of a temp-table column of corrections to ``column`` (and their negations)."""
+        return self.temp_type(column, family)
+
     def copy_rows(
         self,
         conn: Connection,
@@ -666,6 +670,19 @@ class MySQLScript(ScriptDialect):
 
     def release_apply_lock(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": self._lock_name})
+
+    def delta_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        # Signed, whatever the column: an UNSIGNED copy cannot hold -3 (nor a rolled back
+        # +3), and wide enough for the difference of any two of the column's values.
+        if family == "integer":
+            return sa.Numeric(21, 0)  # 2**64 - 1, BIGINT UNSIGNED's whole range, has 20 digits
+        if family == "numeric":
+            precision = getattr(column.type, "precision", None) or 64
+            scale = getattr(column.type, "scale", None) or 0
+            return sa.Numeric(min(precision + 1, 65), scale)
+        if family == "float":
+            return sa.Double()
+        return self.temp_type(column, family)
 
     def drop_temp(self, conn: Connection, name: str) -> None:
         # Plain DROP TABLE would commit the transaction implicitly.

@@ -267,3 +267,36 @@ def test_single_precision_guards_match(server_backend, tmp_path):
     approve(audit, "bob", purpose="rollback")
     assert rollback_plan(audit, server_backend.url).rows_changed == 2
     assert table_state(server_backend, "ent") == original
+
+
+# --------------------------------------------------------------------------- unsigned
+
+
+def test_negative_deltas_on_unsigned_columns_apply_and_roll_back(mariadb, tmp_path):
+    # drift apply's temp table copied the column's type for the corrections: an
+    # UNSIGNED copy cannot hold -3 ("Out of range value for column 'val'"), nor the
+    # rollback's -2 of a positive delta.
+    spec, audit = _audited(
+        mariadb,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, "
+            "amt DECIMAL(10,2) UNSIGNED NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, cnt INT UNSIGNED NOT NULL, "
+            "big BIGINT UNSIGNED NOT NULL, total DECIMAL(10,2) UNSIGNED NOT NULL)",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, 1.25), (2, 1, 0.75), (3, 2, 99999999.99), (4, 2, 0)",
+            # Key 1 counted and summed too high (negative deltas), key 2 too low.
+            "INSERT INTO ent VALUES (1, 5, 18446744073709551615, 7.50), (2, 0, 0, 0)",
+        ],
+        {"cnt": ("count", None), "big": ("count", None), "total": ("sum", "amt")},
+    )
+    original = table_state(mariadb, "ent")
+    approve(audit, "alice")
+    assert apply_plan(audit, mariadb.url).rows_changed == 6
+    assert _ent(mariadb) == {1: (2, 2, Decimal("2.00")), 2: (2, 2, Decimal("99999999.99"))}
+    assert findings(spec, mariadb, tmp_path, "after") == set()
+    approve(audit, "bob", purpose="rollback")
+    assert rollback_plan(audit, mariadb.url).rows_changed == 6
+    assert table_state(mariadb, "ent") == original
