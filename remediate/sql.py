@@ -37,8 +37,26 @@ from audit.dialects import _utf8mb4_bytes, get_dialect
 from audit.errors import PlanError, did_you_mean
 from remediate.history import history_tables
 
+
+class _Integer(sa.BigInteger):
+    """BIGINT whose parameters may be Decimals: SQLite lets an INTEGER column hold 10.5.
+
+    A fractional Decimal is bound as the float it came from (the audit read the
+    column's REAL as a float and wrote its repr), an integral one as an int; sqlite3
+    binds no Decimal. Used where drift apply binds by type family (SQLite).
+    """
+
+    def bind_processor(self, dialect: sa.engine.Dialect) -> Callable[[Any], Any]:
+        def process(value: Any) -> Any:
+            if isinstance(value, Decimal):
+                return int(value) if value == value.to_integral_value() else float(value)
+            return value
+
+        return process
+
+
 FAMILY_TYPES: dict[str, type[sa.types.TypeEngine]] = {
-    "integer": sa.BigInteger,
+    "integer": _Integer,
     "numeric": sa.Numeric,
     "float": sa.Float,
     "string": sa.String,

@@ -300,3 +300,39 @@ def test_negative_deltas_on_unsigned_columns_apply_and_roll_back(mariadb, tmp_pa
     approve(audit, "bob", purpose="rollback")
     assert rollback_plan(audit, mariadb.url).rows_changed == 6
     assert table_state(mariadb, "ent") == original
+
+
+# --------------------------------------------------------------------------- integer fractions
+
+
+def test_a_fraction_in_an_integer_column_is_never_truncated(sqlite_backend, tmp_path):
+    # SQLite lets an INTEGER column hold 10.5: the scripts wrote int(1.5) = 1 for the
+    # correction (and a cas guard's 7.5 as 7), drift apply could not bind a Decimal.
+    spec, audit = _audited(
+        sqlite_backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, "
+            "amt INTEGER NOT NULL, v INTEGER NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, total INTEGER, last_v INTEGER)",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, 10, 1), (2, 1, 2, 3)",
+            "INSERT INTO ent VALUES (1, 10.5, 7.5)",
+        ],
+        {"total": ("sum", "amt"), "last_v": ("last", "v")},
+    )
+    original = table_state(sqlite_backend, "ent")
+    _ok(run_client(sqlite_backend, audit / "plan" / "fix.sql"))
+    assert _ent(sqlite_backend) == {1: (12, 3)}
+    _ok(run_client(sqlite_backend, audit / "plan" / "rollback.sql"))
+    assert table_state(sqlite_backend, "ent") == original
+
+    write_plan(audit, build_plan(audit))
+    approve(audit, "alice")
+    assert apply_plan(audit, sqlite_backend.url).rows_changed == 2
+    assert _ent(sqlite_backend) == {1: (12, 3)}
+    assert findings(spec, sqlite_backend, tmp_path, "after") == set()
+    approve(audit, "bob", purpose="rollback")
+    rollback_plan(audit, sqlite_backend.url)
+    assert table_state(sqlite_backend, "ent") == original
