@@ -481,7 +481,10 @@ class _Run:
                 sa.Column(f"k{i}", script.temp_type(target.c[k], families[k]))
                 for i, k in enumerate(key)
             ),
-            sa.Column("val", script.temp_type(col, families[column])),
+            sa.Column(
+                "val",
+                (script.delta_type if op == "delta" else script.temp_type)(col, families[column]),
+            ),
             sa.Column("obs", script.temp_type(col, families[column])),
             prefixes=["TEMPORARY"],
         )

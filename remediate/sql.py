@@ -29,14 +29,34 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
 
 from audit.dialects import _utf8mb4_bytes, get_dialect
 from audit.errors import PlanError, did_you_mean
 from remediate.history import history_tables
 
+
+class _Integer(sa.BigInteger):
+    """BIGINT whose parameters may be Decimals: SQLite lets an INTEGER column hold 10.5.
+
+    A fractional Decimal is bound as the float it came from (the audit read the
+    column's REAL as a float and wrote its repr), an integral one as an int; sqlite3
+    binds no Decimal. Used where drift apply binds by type family (SQLite).
+    """
+
+    def bind_processor(self, dialect: sa.engine.Dialect) -> Callable[[Any], Any]:
+        def process(value: Any) -> Any:
+            if isinstance(value, Decimal):
+                return int(value) if value == value.to_integral_value() else float(value)
+            return value
+
+        return process
+
+
 FAMILY_TYPES: dict[str, type[sa.types.TypeEngine]] = {
-    "integer": sa.BigInteger,
+    "integer": _Integer,
     "numeric": sa.Numeric,
     "float": sa.Float,
     "string": sa.String,
@@ -72,10 +92,22 @@ class Step:
 def offline_table(info: dict[str, Any]) -> sa.Table:
     """A Table built from target.json's description (no database needed)."""
     columns = [
-        sa.Column(c["name"], FAMILY_TYPES.get(c["family"], sa.String)(), nullable=c["nullable"])
-        for c in info["columns"]
+        sa.Column(c["name"], _offline_type(c), nullable=c["nullable"]) for c in info["columns"]
     ]
     return sa.Table(info["name"], sa.MetaData(), *columns, schema=info.get("schema"))
+
+
+def _offline_type(column: dict[str, Any]) -> sa.types.TypeEngine:
+    """A target.json column's type family; a float column's type says its precision."""
+    if column["family"] == "float":
+        # The type's text as its own database's reflection names it: PostgreSQL's
+        # single precision is REAL, MariaDB's FLOAT (its REAL is a DOUBLE).
+        text = str(column.get("type", "")).upper()
+        if text.startswith("REAL"):
+            return sa.REAL()
+        if text.startswith("FLOAT"):
+            return sa.FLOAT()
+    return FAMILY_TYPES.get(column["family"], sa.String)()
 
 
 def _literal(column: sa.Column, value: Any) -> ColumnElement:
@@ -90,7 +122,7 @@ def matches(dialect: ScriptDialect, column: sa.Column, value: Any) -> ColumnElem
     """Null-safe, exact (byte-wise for text) ``column = value``."""
     if value is None:
         return column.is_(None)
-    literal = _literal(column, value)
+    literal = dialect.as_column_type(column, _literal(column, value))
     if _is_text(column):
         return dialect.exact_text_equals(column, literal)
     return column == literal
@@ -246,6 +278,38 @@ class _SlotRendering:
         return super().render_literal_value(value, type_)  # type: ignore[misc]
 
 
+class _ExactDecimals:
+    """Compiler mixin: a Decimal for an integer or fixed-point column renders exactly.
+
+    SQLAlchemy renders a Decimal with ``str()``: ``1.234E-7`` (or ``1E+30``) for a
+    NUMERIC is a DOUBLE literal on MariaDB, so ``total + 1.234E-7`` is computed in
+    double and rounded into the DECIMAL column; and Integer's ``int()`` truncates the
+    10.5 that SQLite lets an INTEGER column hold. Plain positional notation is an
+    exact decimal literal on every engine. A float column keeps the exponent form,
+    a double literal: the column's own kind of value.
+    """
+
+    def render_literal_value(self, value: Any, type_: sa.types.TypeEngine) -> str:
+        if (
+            isinstance(value, Decimal)
+            and value.is_finite()
+            and isinstance(type_, (sa.Integer, sa.Numeric))
+            and not isinstance(type_, sa.Float)
+            and not (isinstance(type_, sa.Integer) and value == value.to_integral_value())
+        ):
+            exponent = value.as_tuple().exponent
+            assert isinstance(exponent, int)
+            if exponent >= -_POSITIONAL_DIGITS and value.adjusted() < _POSITIONAL_DIGITS:
+                return format(value, "f")
+            return str(value)  # no DECIMAL column holds it; at least never truncated
+        return super().render_literal_value(value, type_)  # type: ignore[misc]
+
+
+#: Digits on either side of the point up to which a Decimal is written out in full
+#: (MariaDB's DECIMAL holds 65 digits, PostgreSQL's numeric any number).
+_POSITIONAL_DIGITS = 1000
+
+
 # --------------------------------------------------------------------------- dialects
 
 
@@ -321,6 +385,21 @@ class ScriptDialect:
         """Text equality byte for byte, whatever the column's collation."""
         return column == value
 
+    def as_column_type(self, column: sa.Column, value: ColumnElement) -> ColumnElement:
+        """``value`` as the column's own type where a comparison needs it.
+
+        A single-precision column (PostgreSQL ``real``, MariaDB ``FLOAT``) holds 0.1
+        as 0.100000001490116..., which is never equal to the double or decimal 0.1:
+        the value is cast to single precision first (:class:`_single_float`).
+        """
+        if self.single_float(column.type):
+            return _single_float(value)
+        return value
+
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        """True for this database's single-precision float type."""
+        return False
+
     def history_ddl(self) -> list[str]:
         return [
             self.compile(sa.schema.CreateTable(table, if_not_exists=True)) + ";"
@@ -377,6 +456,10 @@ class ScriptDialect:
         """The type of a temp-table copy of ``column``."""
         return column.type
 
+    def delta_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        """The type of a temp-table column of corrections to ``column`` (and their negations)."""
+        return self.temp_type(column, family)
+
     def copy_rows(
         self,
         conn: Connection,
@@ -407,8 +490,17 @@ class PostgresScript(ScriptDialect):
         dialect.statement_compiler = _slot_compiler(self.name)
         return dialect
 
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        return isinstance(type_, sa.REAL)
+
     def prologue(self) -> list[str]:
-        return ["SET standard_conforming_strings = on;", *self.history_ddl()]
+        # The script is UTF-8 whatever psql's client encoding (locale, PGCLIENTENCODING):
+        # under LATIN1 the server would read each byte of 'é' as a character of its own.
+        return [
+            "SET client_encoding = 'UTF8';",
+            "SET standard_conforming_strings = on;",
+            *self.history_ddl(),
+        ]
 
     def guarded(self, sql: str, action_id: int) -> str:
         # The dollar-quote tag: the first of $drift$, $drift1$, ... that neither the
@@ -538,6 +630,11 @@ class MySQLScript(ScriptDialect):
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         return _utf8mb4_bytes(column) == _utf8mb4_bytes(value)
 
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        # FLOAT(p) with p > 24 is a DOUBLE in the catalog, and REAL too (unless the
+        # sql_mode has REAL_AS_FLOAT, when the catalog says FLOAT).
+        return isinstance(type_, sa.FLOAT)
+
     def prologue(self) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
         return [
@@ -591,6 +688,19 @@ class MySQLScript(ScriptDialect):
 
     def release_apply_lock(self, conn: Connection) -> None:
         conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": self._lock_name})
+
+    def delta_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        # Signed, whatever the column: an UNSIGNED copy cannot hold -3 (nor a rolled back
+        # +3), and wide enough for the difference of any two of the column's values.
+        if family == "integer":
+            return sa.Numeric(21, 0)  # 2**64 - 1, BIGINT UNSIGNED's whole range, has 20 digits
+        if family == "numeric":
+            precision = getattr(column.type, "precision", None) or 64
+            scale = getattr(column.type, "scale", None) or 0
+            return sa.Numeric(min(precision + 1, 65), scale)
+        if family == "float":
+            return sa.Double()
+        return self.temp_type(column, family)
 
     def drop_temp(self, conn: Connection, name: str) -> None:
         # Plain DROP TABLE would commit the transaction implicitly.
@@ -666,6 +776,37 @@ class SQLiteScript(ScriptDialect):
         return FAMILY_TYPES.get(family, sa.String)()
 
 
+class _single_float(FunctionElement):  # noqa: N801 - a SQL function
+    """A value cast to single precision; the value itself elsewhere (SQLite has none).
+
+    SQLAlchemy's own CAST to FLOAT on MariaDB is skipped (with a warning) unless the
+    connected server is MySQL 8.0.17 or later; MariaDB takes it since 10.4.5.
+    """
+
+    inherit_cache = True
+    type = sa.Float()
+    name = "single_float"
+
+
+@compiles(_single_float)
+def _compile_single_float(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return compiler.process(arg, **kw)
+
+
+@compiles(_single_float, "postgresql")
+def _compile_single_float_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS REAL)"
+
+
+@compiles(_single_float, "mysql")
+@compiles(_single_float, "mariadb")
+def _compile_single_float_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS FLOAT)"
+
+
 _CONTROL = re.compile(r"([\x00-\x08\x0a-\x1f\x7f])")
 _MYSQL_ESCAPES = {"\x00": "\\0", "\n": "\\n", "\r": "\\r", "\x1a": "\\Z"}
 
@@ -680,7 +821,7 @@ def _slot_compiler(name: str) -> Any:
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql.psycopg import PGCompiler_psycopg
 
-        class _PostgresSlotCompiler(_SlotRendering, PGCompiler_psycopg):
+        class _PostgresSlotCompiler(_SlotRendering, _ExactDecimals, PGCompiler_psycopg):
             pass
 
         return _PostgresSlotCompiler
@@ -705,7 +846,7 @@ def _slot_compiler(name: str) -> Any:
                 ]
                 return "(" + " || ".join(parts) + ")"
 
-        class _SQLiteSlotCompiler(_SlotRendering, _SQLiteScriptCompiler):
+        class _SQLiteSlotCompiler(_SlotRendering, _ExactDecimals, _SQLiteScriptCompiler):
             pass
 
         return _SQLiteSlotCompiler
@@ -726,7 +867,7 @@ def _slot_compiler(name: str) -> Any:
                         text = text.replace(raw, escaped)
                 return text
 
-        class _MySQLSlotCompiler(_SlotRendering, _MySQLScriptCompiler):
+        class _MySQLSlotCompiler(_SlotRendering, _ExactDecimals, _MySQLScriptCompiler):
             pass
 
         return _MySQLSlotCompiler
