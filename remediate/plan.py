@@ -429,21 +429,78 @@ def render_script(plan: Plan, operation: str) -> str:
         _comment(f"created: {plan.created_at}"),
         f"{len(automatic)} guarded change(s), {len(manual)} manual action(s).",
         "All or nothing: any guard that misses aborts the whole script; running it",
-        "a second time fails at the history record and changes nothing.",
+        "a second time refuses and changes nothing.",
+        *(
+            [
+                "It refuses unless the fix was applied completely (fix.sql or drift apply)",
+                "and not rolled back yet.",
+            ]
+            if rollback
+            else []
+        ),
         f"Run: {script.run_hint().replace('FILE', file)}",
         "Prefer `drift apply` (approval, fingerprint check, lock, verify).",
     ]
     template = sql_environment().get_template("remediation.sql.j2")
     return template.render(
         header=header,
-        prologue=script.prologue(),
+        # rollback.sql needs the history tables a fix made; without them it refuses.
+        prologue=script.prologue(history=not rollback),
         begin=script.begin(),
         guard_setup=script.guard_setup(),
+        checks_comment=(
+            "Refuses unless the fix was applied completely and not rolled back yet."
+            if rollback
+            else "Refuses when this plan was already applied (or is being applied)."
+        ),
+        checks=script.refuse_unless(_script_checks(script, history, plan.plan_id, rollback)),
         record=record,
         blocks=blocks,
         manual=manual,
         commit=script.commit(),
     )
+
+
+def _script_checks(
+    script: ScriptDialect, history: Any, plan_id: str, rollback: bool
+) -> list[tuple[str, str]]:
+    """The conditions a script checks in its transaction, before it records itself, with
+    the message when one is false: the rule ``drift apply`` and ``drift rollback`` follow
+    (apply.py ``_refuse_done``). The history record's primary key alone would stop a
+    second run, but not a rollback of a fix that never ran."""
+    import sqlalchemy as sa
+
+    from remediate.history import APPLIED, FIX, LOG, ROLLBACK
+
+    log = history.log
+
+    def entry(operation: str, *where: Any) -> str:
+        return script.compile(
+            sa.exists().where(log.c.plan_id == plan_id, log.c.operation == operation, *where)
+        )
+
+    refused = f"drift: refused: plan {plan_id}"
+    if not rollback:
+        return [
+            (
+                f"NOT {entry(FIX)}",
+                f"{refused} was already applied (or is being applied); nothing was changed",
+            )
+        ]
+    never = f"{refused} was never applied; nothing to roll back, nothing was changed"
+    return [
+        (script.table_exists(LOG), never),
+        (entry(FIX), never),
+        (
+            entry(FIX, log.c.outcome == APPLIED),
+            f"{refused} was applied only in part (a batched apply did not finish); "
+            "nothing was changed",
+        ),
+        (
+            f"NOT {entry(ROLLBACK)}",
+            f"{refused} was already rolled back (or is being rolled back); nothing was changed",
+        ),
+    ]
 
 
 class _Block(NamedTuple):
