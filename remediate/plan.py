@@ -511,8 +511,7 @@ def _script_checks(
         (entry(FIX), never),
         (
             entry(FIX, log.c.outcome == APPLIED),
-            f"{refused} was applied only in part (a batched apply did not finish); "
-            "nothing was changed",
+            f"{refused} was applied only in part (a batched apply stopped); nothing was changed",
         ),
         (
             f"NOT {entry(ROLLBACK)}",

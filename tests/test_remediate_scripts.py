@@ -108,7 +108,7 @@ def test_rollback_script_refuses_a_part_applied_batched_fix(backend, tmp_path):
     before = table_state(backend, *TABLES, "drift_remediation_batches")
 
     result = run_client(backend, audit / "plan" / "rollback.sql")
-    _refused(result, b"was applied only in part (a batched apply did not finish)")
+    _refused(result, b"was applied only in part (a batched apply stopped)")
     assert table_state(backend, *TABLES, "drift_remediation_batches") == before
     # fix.sql refuses too: drift apply resumes a batched apply, not the script.
     _refused(run_client(backend, audit / "plan" / "fix.sql"), b"was already applied")
