@@ -100,7 +100,9 @@ def apply_plan(
         loaded = load_plan(folder)
         sha = hashing.result()
     approvals = [] if dry_run else check_approvals(folder, require, operation, sha256=sha)
-    check_scripts(folder, loaded)  # the scripts a person reviewed are this plan's renderings
+    # The scripts a person reviewed are this plan's renderings, and the statements this
+    # operation runs are its actions' data (the other operation's are checked when it runs).
+    check_scripts(folder, loaded, (operation,))
     spec = load_spec(spec_path(folder))
     if spec.sha256 != loaded.spec_sha256:
         raise RefusedError("refused: the audit's drift.toml changed since the plan was made")

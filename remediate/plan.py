@@ -277,8 +277,8 @@ def _plan_finding(
         "key": row["key"],
         "column": row["column"],
         "kind": kind,
-        "before": None if actual is ABSENT else actual,
-        "after": None if expected is ABSENT else expected,
+        "before": None if actual is ABSENT else _as_stored(actual),
+        "after": None if expected is ABSENT else _as_stored(expected),
     }
 
     def planned(mode: str, **changes: Any) -> Action:
@@ -329,7 +329,7 @@ def _plan_finding(
         bad = [n for n in values if columns[n]["family"] not in FAMILIES]
         if bad:
             return manual(f"cannot insert: column(s) {', '.join(bad)} cannot be rendered")
-        return planned("insert", after=values)
+        return planned("insert", after=_as_stored(values))
     if kind == ORPHAN_ROW:
         if not options.delete_orphans:
             return manual("orphan rows are deleted only when planned with --delete-orphans")
@@ -339,8 +339,22 @@ def _plan_finding(
         bad = [n for n in full if columns[n]["family"] not in FAMILIES]
         if bad:
             return manual(f"cannot guard a delete on column(s) {', '.join(bad)}")
-        return planned("delete", before=full)
+        return planned("delete", before=_as_stored(full))
     return manual(f"unknown finding kind {kind!r}")
+
+
+def _as_stored(value: Any) -> Any:
+    """``value`` as :func:`load_plan` reads it back from plan.json, so that the plan's
+    statements render the very data ``drift apply`` runs (check_actions compares them):
+    a Decimal written without a point (1E+20, -0) comes back an int."""
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is Decimal and value.is_finite() and value.as_tuple().exponent < 0:
+        return value  # its text has a point: read back as the same Decimal
+    if kind is dict:
+        return {name: _as_stored(v) for name, v in value.items()}
+    return json.loads(to_json(value), parse_float=Decimal)
 
 
 def _numeric(value: Any) -> bool:
@@ -353,11 +367,15 @@ def _with_sql(
     if action.is_manual:
         return action
     info = target["entities"][action.entity]
-    table = tables[action.entity]
+    return _with_texts(action, *_statements(action, script, tables[action.entity], info["key"]))
+
+
+def _statements(
+    action: Action, script: ScriptDialect, table: Any, key: list[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An automatic action's ``sql`` and ``rollback_sql``, rendered from its data."""
     step = fix_step(action)
-    fix = _guarded(script, step, table, info["key"])
-    back = _guarded(script, _undo(step), table, info["key"])
-    return _with_texts(action, (fix,), (back,))
+    return (_guarded(script, step, table, key),), (_guarded(script, _undo(step), table, key),)
 
 
 def _with_texts(action: Action, sql: tuple[str, ...], rollback_sql: tuple[str, ...]) -> Action:
@@ -429,21 +447,77 @@ def render_script(plan: Plan, operation: str) -> str:
         _comment(f"created: {plan.created_at}"),
         f"{len(automatic)} guarded change(s), {len(manual)} manual action(s).",
         "All or nothing: any guard that misses aborts the whole script; running it",
-        "a second time fails at the history record and changes nothing.",
+        "a second time refuses and changes nothing.",
+        *(
+            [
+                "It refuses unless the fix was applied completely (fix.sql or drift apply)",
+                "and not rolled back yet.",
+            ]
+            if rollback
+            else []
+        ),
         f"Run: {script.run_hint().replace('FILE', file)}",
         "Prefer `drift apply` (approval, fingerprint check, lock, verify).",
     ]
     template = sql_environment().get_template("remediation.sql.j2")
     return template.render(
         header=header,
-        prologue=script.prologue(),
+        # rollback.sql needs the history tables a fix made; without them it refuses.
+        prologue=script.prologue(history=not rollback),
         begin=script.begin(),
         guard_setup=script.guard_setup(),
+        checks_comment=(
+            "Refuses unless the fix was applied completely and not rolled back yet."
+            if rollback
+            else "Refuses when this plan was already applied (or is being applied)."
+        ),
+        checks=script.refuse_unless(_script_checks(script, history, plan.plan_id, rollback)),
         record=record,
         blocks=blocks,
         manual=manual,
         commit=script.commit(),
     )
+
+
+def _script_checks(
+    script: ScriptDialect, history: Any, plan_id: str, rollback: bool
+) -> list[tuple[str, str]]:
+    """The conditions a script checks in its transaction, before it records itself, with
+    the message when one is false: the rule ``drift apply`` and ``drift rollback`` follow
+    (apply.py ``_refuse_done``). The history record's primary key alone would stop a
+    second run, but not a rollback of a fix that never ran."""
+    import sqlalchemy as sa
+
+    from remediate.history import APPLIED, FIX, LOG, ROLLBACK
+
+    log = history.log
+
+    def entry(operation: str, *where: Any) -> str:
+        return script.compile(
+            sa.exists().where(log.c.plan_id == plan_id, log.c.operation == operation, *where)
+        )
+
+    refused = f"drift: refused: plan {plan_id}"
+    if not rollback:
+        return [
+            (
+                f"NOT {entry(FIX)}",
+                f"{refused} was already applied (or is being applied); nothing was changed",
+            )
+        ]
+    never = f"{refused} was never applied; nothing to roll back, nothing was changed"
+    return [
+        (script.table_exists(LOG), never),
+        (entry(FIX), never),
+        (
+            entry(FIX, log.c.outcome == APPLIED),
+            f"{refused} was applied only in part (a batched apply stopped); nothing was changed",
+        ),
+        (
+            f"NOT {entry(ROLLBACK)}",
+            f"{refused} was already rolled back (or is being rolled back); nothing was changed",
+        ),
+    ]
 
 
 class _Block(NamedTuple):
@@ -609,8 +683,13 @@ def load_checked_plan(path: str | Path) -> Plan:
     return check_scripts(folder, load_plan(folder))
 
 
-def check_scripts(folder: Path, plan: Plan) -> Plan:
-    """``plan`` (loaded from ``folder``), once fix.sql and rollback.sql are its renderings."""
+def check_scripts(
+    folder: Path, plan: Plan, operations: Iterable[str] = ("fix", "rollback")
+) -> Plan:
+    """``plan`` (loaded from ``folder``), once fix.sql and rollback.sql are its renderings
+    and its actions' statements for ``operations`` are the renderings of their data
+    (:func:`check_actions`)."""
+    check_actions(folder, plan, operations)
     for name, operation in ((FIX_SQL, "fix"), (ROLLBACK_SQL, "rollback")):
         try:
             text = (folder / name).read_bytes().decode("utf-8")
@@ -628,6 +707,68 @@ def check_scripts(folder: Path, plan: Plan) -> Plan:
                 f"re-plan with: drift plan {folder.parent}"
             )
     return plan
+
+
+@collector_paused()
+def check_actions(
+    folder: Path, plan: Plan, operations: Iterable[str] = ("fix", "rollback")
+) -> None:
+    """Refuse a plan whose actions' data do not render to their stored statements.
+
+    ``drift apply`` builds its statements from each action's data (mode, key,
+    before, after, and the entity's table and key); fix.sql and rollback.sql, which
+    a person reviews, show the action's stored ``sql`` and ``rollback_sql``. The
+    statements of ``operations`` are rendered again from the data, as
+    :func:`build_plan` renders them (with the audit's target.json), and must be
+    exactly the stored text (~5 µs a statement).
+    """
+    import sqlalchemy as sa
+
+    fix, back = "fix" in operations, "rollback" in operations
+    script = get_script_dialect(plan.dialect)
+    target = read_target(folder.parent)
+    tables: dict[str, tuple[Any, list[str]]] = {}
+    for a in plan.actions:
+        if a.is_manual:
+            if a.sql or a.rollback_sql:
+                raise _edited(folder, a, "is manual but has SQL")
+            continue
+        try:
+            shape = tables.get(a.entity)
+            if shape is None:
+                # The table and key drift apply uses are plan.json's; the columns' types
+                # are the audit's, as when the plan was written.
+                entity = plan.entities[a.entity]
+                info = dict(target["entities"][a.entity], name=entity["table"])
+                info["schema"] = entity["schema"]
+                shape = tables[a.entity] = (offline_table(info), list(entity["key"]))
+            step = fix_step(a)
+            same = (not fix or a.sql == (_guarded(script, step, *shape),)) and (
+                not back or a.rollback_sql == (_guarded(script, _undo(step), *shape),)
+            )
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            ArithmeticError,
+            PlanError,
+            sa.exc.SQLAlchemyError,
+        ) as exc:
+            raise _edited(
+                folder, a, f"does not render to SQL ({type(exc).__name__}: {exc})"
+            ) from None
+        if not same:
+            raise _edited(folder, a, "does not render to its SQL in fix.sql/rollback.sql")
+
+
+def _edited(folder: Path, action: Action, what: str) -> PlanError:
+    return PlanError(
+        _comment(
+            f"{folder / PLAN_JSON}: the data of action {action.id} ({action.entity} "
+            f"{action.key}) {what} (plan.json edited); re-plan with: drift plan {folder.parent}"
+        )
+    )
 
 
 def plan_sha256(path: str | Path) -> str:

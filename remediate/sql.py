@@ -409,9 +409,10 @@ class ScriptDialect:
     def script_user(self) -> ColumnElement:
         return sa.func.current_user()
 
-    def prologue(self) -> list[str]:
-        """Statements before the transaction (settings; DDL that may commit)."""
-        return self.history_ddl()
+    def prologue(self, history: bool = True) -> list[str]:
+        """Statements before the transaction (settings; with ``history``, the history
+        tables' DDL, which may commit)."""
+        return self.history_ddl() if history else []
 
     def begin(self) -> list[str]:
         return ["BEGIN;"]
@@ -426,6 +427,24 @@ class ScriptDialect:
     def guarded(self, sql: str, action_id: int) -> str:
         """A statement that aborts the whole script unless it changed one row."""
         raise NotImplementedError
+
+    def table_exists(self, name: str) -> str:
+        """A condition true when the script's unqualified ``name`` is an existing table."""
+        raise NotImplementedError
+
+    def refuse_unless(self, checks: Sequence[tuple[str, str]]) -> list[str]:
+        """Statements that abort the whole script, in the transaction, with the message of
+        the first ``(condition, message)`` whose condition is not true.
+
+        A condition is evaluated only once those before it held, so it may read a table
+        that an earlier one (:meth:`table_exists`) proved is there.
+        """
+        raise NotImplementedError
+
+    def _message(self, text: str) -> str:
+        """A refusal message as a plain string literal (no control characters: SQLite's
+        RAISE takes a literal, not the concatenation its compiler writes for them)."""
+        return self.compile(sa.literal("".join(c if c.isprintable() else "?" for c in text)))
 
     def commit(self) -> list[str]:
         return ["COMMIT;"]
@@ -493,28 +512,17 @@ class PostgresScript(ScriptDialect):
     def single_float(self, type_: sa.types.TypeEngine) -> bool:
         return isinstance(type_, sa.REAL)
 
-    def prologue(self) -> list[str]:
+    def prologue(self, history: bool = True) -> list[str]:
         # The script is UTF-8 whatever psql's client encoding (locale, PGCLIENTENCODING):
         # under LATIN1 the server would read each byte of 'é' as a character of its own.
         return [
             "SET client_encoding = 'UTF8';",
             "SET standard_conforming_strings = on;",
-            *self.history_ddl(),
+            *super().prologue(history),
         ]
 
     def guarded(self, sql: str, action_id: int) -> str:
-        # The dollar-quote tag: the first of $drift$, $drift1$, ... that neither the
-        # statement nor the tag without its closing $ occurs in ($drift$ when the
-        # statement has no "$drift" at all, as almost always).
-        tag = (
-            "$drift$"
-            if "$drift" not in sql
-            else next(
-                t
-                for t in (f"$drift{n or ''}$" for n in itertools.count())
-                if t not in sql and t[:-1] not in sql
-            )
-        )
+        tag = _dollar_tag(sql)
         return (
             f"DO {tag}\n"
             "DECLARE matched bigint;\n"
@@ -529,6 +537,20 @@ class PostgresScript(ScriptDialect):
             "END\n"
             f"{tag};"
         )
+
+    def table_exists(self, name: str) -> str:
+        return f"to_regclass({self.compile(sa.literal(name))}) IS NOT NULL"
+
+    def refuse_unless(self, checks: Sequence[tuple[str, str]]) -> list[str]:
+        # PL/pgSQL plans each IF's expression when it reaches it.
+        body = "".join(
+            f"  IF NOT ({condition}) THEN\n"
+            f"    RAISE EXCEPTION '%', {self._message(message)};\n"
+            "  END IF;\n"
+            for condition, message in checks
+        )
+        tag = _dollar_tag(body)
+        return [f"DO {tag}\nBEGIN\n{body}END\n{tag};"]
 
     def run_hint(self) -> str:
         return "psql -X -v ON_ERROR_STOP=1 -d DATABASE -f FILE"
@@ -605,6 +627,19 @@ _COPY_TYPES: dict[str, frozenset[type]] = {
 }
 
 
+def _dollar_tag(sql: str) -> str:
+    """The dollar-quote tag for a PL/pgSQL body: the first of $drift$, $drift1$, ... that
+    neither ``sql`` nor the tag without its closing $ occurs in ($drift$ when ``sql``
+    has no "$drift" at all, as almost always)."""
+    if "$drift" not in sql:
+        return "$drift$"
+    return next(
+        t
+        for t in (f"$drift{n or ''}$" for n in itertools.count())
+        if t not in sql and t[:-1] not in sql
+    )
+
+
 def _copies_exactly(family: str, values: list[Any]) -> bool:
     """True when COPY stores each of ``values`` exactly as an INSERT would."""
     allowed = _COPY_TYPES.get(family)
@@ -635,12 +670,12 @@ class MySQLScript(ScriptDialect):
         # sql_mode has REAL_AS_FLOAT, when the catalog says FLOAT).
         return isinstance(type_, sa.FLOAT)
 
-    def prologue(self) -> list[str]:
+    def prologue(self, history: bool = True) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
         return [
             "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '');",
             "SET NAMES utf8mb4;",
-            *self.history_ddl(),
+            *super().prologue(history),
         ]
 
     def begin(self) -> list[str]:
@@ -662,6 +697,23 @@ class MySQLScript(ScriptDialect):
                 "END //",
             ]
         )
+
+    def table_exists(self, name: str) -> str:
+        return (
+            "EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+            f"AND table_name = {self.compile(sa.literal(name))})"
+        )
+
+    def refuse_unless(self, checks: Sequence[tuple[str, str]]) -> list[str]:
+        # A compound statement resolves each table when it reaches the statement using it.
+        lines = ["BEGIN NOT ATOMIC"]
+        for condition, message in checks:
+            lines += [
+                f"  IF NOT ({condition}) THEN",
+                f"    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = {self._message(message)};",
+                "  END IF;",
+            ]
+        return ["\n".join([*lines, "END //"])]
 
     def commit(self) -> list[str]:
         return ["DELIMITER ;", "COMMIT;"]
@@ -725,8 +777,8 @@ class SQLiteScript(ScriptDialect):
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         return column == sa.collate(value, "BINARY")
 
-    def prologue(self) -> list[str]:
-        return [".bail on", *self.history_ddl()]
+    def prologue(self, history: bool = True) -> list[str]:
+        return [".bail on", *super().prologue(history)]
 
     def begin(self) -> list[str]:
         return ["BEGIN IMMEDIATE;"]
@@ -743,6 +795,25 @@ class SQLiteScript(ScriptDialect):
     def guarded(self, sql: str, action_id: int) -> str:
         guard = f"INSERT INTO temp.drift_guard (action, matched) VALUES ({action_id}, changes());"
         return f"{sql};\n{guard}"
+
+    def table_exists(self, name: str) -> str:
+        return (
+            "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' "
+            f"AND name = {self.compile(sa.literal(name))})"
+        )
+
+    def refuse_unless(self, checks: Sequence[tuple[str, str]]) -> list[str]:
+        # As with the guards: a temp trigger raises; each check's INSERT is prepared only
+        # once the ones before it passed (.bail on stops the shell at the first error).
+        statements = ["CREATE TEMP TABLE drift_refusal (reason INTEGER NOT NULL);"]
+        for number, (condition, message) in enumerate(checks, start=1):
+            statements += [
+                f"CREATE TEMP TRIGGER drift_refusal_{number} BEFORE INSERT ON drift_refusal "
+                f"WHEN NEW.reason = {number} BEGIN SELECT RAISE(ROLLBACK, "
+                f"{self._message(message)}); END;",
+                f"INSERT INTO temp.drift_refusal (reason) SELECT {number} WHERE NOT ({condition});",
+            ]
+        return statements
 
     def run_hint(self) -> str:
         return "sqlite3 DATABASE < FILE"

@@ -241,3 +241,124 @@ def test_password_never_in_remediation_outputs(capsys, tmp_path, server, monkeyp
                 for host in ("%", "localhost"):
                     conn.execute(sa.text(f"DROP USER '{user}'@'{host}'"))
         admin.dispose()
+
+
+def _edit_action(plan: Path, action_id: int | None, **fields: object) -> None:
+    """Change an action's data (None: the plan's) in plan.json, keeping each action's sql
+    (what fix.sql shows)."""
+    data = json.loads((plan / "plan.json").read_text(), parse_float=str)
+    action = data if action_id is None else next(a for a in data["actions"] if a["id"] == action_id)
+    for name, value in fields.items():
+        action[name] = value(action[name]) if callable(value) else value
+    (plan / "plan.json").write_text(json.dumps(data))
+
+
+# Each edit keeps fix.sql and rollback.sql the renderings of plan.json (they show each
+# action's stored sql), but drift apply would run something else. (action edited, None for
+# the plan; action reported; the edit)
+DATA_EDITS = {
+    "insert-extra-column": (5, 5, {"after": lambda row: row | {"updated_at": "2000-01-01"}}),
+    "insert-other-value": (5, 5, {"after": lambda row: row | {"status": "cancelled"}}),
+    "delta-other-value": (1, 1, {"after": 1051}),
+    "cas-other-guard": (4, 4, {"before": "cancelled"}),
+    "other-key": (2, 2, {"key": '["SKU-001"]'}),
+    "delete-fewer-columns": (3, 3, {"before": lambda row: {"sku": row["sku"]}}),
+    "entity-other-key": (
+        None,
+        1,
+        {"entities": lambda e: e | {"inventory": e["inventory"] | {"key": ["updated_at"]}}},
+    ),
+    # Data that cannot be rendered at all (text column, number value): refused the same way.
+    "cas-guard-of-another-type": (4, 4, {"before": 5}),
+}
+
+
+@pytest.mark.scenario("plan.json data edited under its SQL: approve and apply refuse")
+@pytest.mark.parametrize("edit", DATA_EDITS)
+def test_action_data_that_does_not_render_to_its_sql_is_refused(
+    sqlite_backend, tmp_path, capsys, edit
+):
+    backend = sqlite_backend
+    audit = audited_shop(backend, tmp_path)
+    plan = audit / "plan"
+    edited, action_id, fields = DATA_EDITS[edit]
+    _edit_action(plan, edited, **fields)
+    fix_sql = (plan / "fix.sql").read_text()
+    check_scripts_only(plan)  # the scripts still match plan.json's sql
+    before = table_state(backend, *TABLES)
+    message = f"the data of action {action_id} "
+
+    capsys.readouterr()
+    assert main(["approve", str(plan), "--by", "alice"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drift: ") and err.count("\n") == 1 and message in err, err
+    assert "does not render to" in err and "re-plan with: drift plan" in err
+    assert not (plan / "approvals.json").exists()
+
+    # Approved anyway (as drift approve did before it checked the data): apply, its dry
+    # run and rollback refuse too, and nothing changes.
+    _approve_unchecked(plan, "fix", "rollback")
+    for args in (
+        ["apply", str(plan), "--db", backend.url],
+        ["apply", str(plan), "--db", backend.url, "--dry-run"],
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert table_state(backend, *TABLES) == before
+    assert (plan / "fix.sql").read_text() == fix_sql
+
+
+def test_rollback_statements_that_do_not_render_from_the_data_are_refused(
+    sqlite_backend, tmp_path, capsys
+):
+    """A rollback statement edited in plan.json, and rollback.sql rendered again from it:
+    approve refuses; approved anyway, drift apply (which runs the fix statements, checked)
+    works and drift rollback refuses."""
+    from remediate.plan import ROLLBACK_SQL, load_plan, render_script
+
+    backend = sqlite_backend
+    audit = audited_shop(backend, tmp_path)
+    plan = audit / "plan"
+    _edit_action(plan, 1, rollback_sql=["UPDATE inventory SET on_hand = 0;"])
+    (plan / ROLLBACK_SQL).write_text(render_script(load_plan(plan), "rollback"))
+    check_scripts_only(plan)
+    capsys.readouterr()
+    assert main(["approve", str(plan), "--by", "alice", "--rollback"]) == 2
+    assert "the data of action 1 " in capsys.readouterr().err
+    _approve_unchecked(plan, "fix", "rollback")
+    assert main(["apply", str(plan), "--db", backend.url]) == 0
+    applied = table_state(backend, *TABLES)
+    capsys.readouterr()
+    assert main(["rollback", str(plan), "--db", backend.url]) == 2
+    assert "the data of action 1 " in capsys.readouterr().err
+    assert table_state(backend, *TABLES) == applied
+
+
+def test_a_manual_action_with_sql_is_refused(sqlite_backend, tmp_path, capsys):
+    plan = audited_shop(sqlite_backend, tmp_path) / "plan"
+    _edit_action(plan, 6, sql=["DELETE FROM orders;"])
+    check_scripts_only(plan)  # the scripts leave manual actions out
+    capsys.readouterr()
+    assert main(["approve", str(plan), "--by", "alice"]) == 2
+    assert "the data of action 6 (inventory" in capsys.readouterr().err
+
+
+def check_scripts_only(plan: Path) -> None:
+    """fix.sql and rollback.sql are exactly the renderings of plan.json."""
+    from remediate.plan import FIX_SQL, ROLLBACK_SQL, load_plan, render_script
+
+    loaded = load_plan(plan)
+    assert (plan / FIX_SQL).read_text() == render_script(loaded, "fix")
+    assert (plan / ROLLBACK_SQL).read_text() == render_script(loaded, "rollback")
+
+
+def _approve_unchecked(plan: Path, *purposes: str) -> None:
+    from remediate.plan import plan_sha256
+
+    approvals = [
+        {"by": "alice", "at": "2026-01-01T00:00:00+00:00", "note": None, "for": purpose}
+        | {"plan_sha256": plan_sha256(plan)}
+        for purpose in purposes
+    ]
+    (plan / "approvals.json").write_text(json.dumps({"approvals": approvals}))

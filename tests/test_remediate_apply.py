@@ -8,6 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from audit import parse_spec, run_audit
 from audit.errors import GuardFailedError, RefusedError
 from drift import demo
 from drift.cli import main
@@ -257,3 +258,44 @@ def test_a_password_in_the_spec_url_never_lands_and_the_flow_still_works(tmp_pat
         assert "***" in (audit / "drift.toml").read_text()
     finally:
         next(gen, None)
+
+
+FLOAT_SPEC = """\
+version = 1
+[database]
+url = "{url}"
+[streams.ev]
+table = "ev"
+key = ["k"]
+order_by = ["id"]
+[entities.ent]
+table = "ent"
+key = ["k"]
+[entities.ent.columns.total]
+stream = "ev"
+fold = "sum"
+value = "amt"
+[entities.ent.columns.hi]
+stream = "ev"
+fold = "max"
+value = "amt"
+"""
+
+
+def test_plans_of_values_plan_json_gives_back_otherwise_are_approved_and_applied(backend, tmp_path):
+    """A float of 1e20 reaches the plan as Decimal('1E+20') and comes back from plan.json
+    as an int: the statements are rendered from what plan.json gives back, so approve and
+    apply (which re-render them from plan.json's data) accept the plan."""
+    backend.execute("CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, amt FLOAT)")
+    backend.execute("CREATE TABLE ent (k INTEGER PRIMARY KEY, total FLOAT, hi FLOAT)")
+    # (Sums whose float arithmetic is exact: a delta on a float column is float arithmetic.)
+    backend.execute("INSERT INTO ev VALUES (1, 1, 1e20), (2, 1, 3e20), (3, 2, 0.25), (4, 3, 2e30)")
+    backend.execute("INSERT INTO ent VALUES (1, 2e20, 2e20), (2, 0.5, 0.5)")
+    spec = parse_spec(FLOAT_SPEC.format(url=backend.url))
+    out = tmp_path / "audit"
+    run_audit(spec, out=out, write_report=False)
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    assert {a["mode"] for a in plan["actions"]} == {"delta", "cas", "insert"}
+    approve(out, "alice")
+    assert apply_plan(out, backend.url).rows_changed == 5
+    assert not run_audit(spec, out=tmp_path / "after", write_report=False).drift_found

@@ -17,7 +17,14 @@ from audit import parse_spec, run_audit
 from audit.findings import to_json
 from remediate.apply import apply_plan
 from remediate.approval import approve
-from remediate.plan import Action, PlanOptions, _action_json, build_plan, write_plan
+from remediate.plan import (
+    Action,
+    PlanOptions,
+    _action_json,
+    _as_stored,
+    build_plan,
+    write_plan,
+)
 from remediate.sql import Step, get_script_dialect, offline_table, step_statement
 from tests.remediation_helpers import findings, run_client, table_state
 from tests.test_reliability_identifiers import (
@@ -336,3 +343,17 @@ def test_plan_json_writes_each_action_as_to_json_of_its_fields(values, texts, op
     named: dict = {}
     assert _action_json(action, named) == to_json(fields)
     assert _action_json(action, named) == to_json(fields)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=action_value)
+def test_plan_values_are_what_plan_json_gives_back(value):
+    """The plan renders an action's statements from its values as plan.json gives them
+    back (approve and apply render them again from plan.json and compare)."""
+    import json
+    from decimal import Decimal
+
+    stored = _as_stored(value)
+    back = json.loads(to_json(value), parse_float=Decimal)
+    assert repr(stored) == repr(back)
+    assert to_json(stored) == to_json(back)
