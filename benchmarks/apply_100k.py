@@ -5,7 +5,9 @@
 Builds a scratch schema with N inventory rows, one stock event each, and a
 drifted on_hand on every row; then times the audit (which writes the proposed
 plan: its time is split off by the audit's progress messages), planning again on
-its own (build_plan, then write_plan: plan.json, fix.sql, rollback.sql), and
+its own (build_plan, then write_plan: plan.json, fix.sql, rollback.sql), the
+check that every action's data renders to its stored statements (``check_actions``:
+apply's, one operation, and approve's, both; medians of ``--repeat``), and
 drift apply of that plan (one transaction, set-based, verified), and drops the
 schema. The audit folder is kept (``--out``) for profiling the plan offline.
 """
@@ -13,6 +15,7 @@ schema. The audit folder is kept (``--out``) for profiling the plan offline.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import uuid
 
@@ -21,7 +24,7 @@ import sqlalchemy as sa
 from audit import parse_spec, run_audit
 from remediate.apply import apply_plan
 from remediate.approval import approve
-from remediate.plan import build_plan, write_plan
+from remediate.plan import PLAN_DIR, build_plan, check_actions, load_plan, write_plan
 
 SPEC = """\
 version = 1
@@ -45,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each check")
     parser.add_argument("--out", default=f"/tmp/drift-bench-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args()
     schema = f"drift_bench_{uuid.uuid4().hex[:8]}"
@@ -89,6 +93,19 @@ def main() -> None:
         t = time.perf_counter()
         write_plan(result.out_dir, plan)
         written = time.perf_counter() - t
+        folder = result.out_dir / PLAN_DIR
+        stored = load_plan(folder)
+        checks = {}
+        for label, operations in (
+            ("apply's (fix)", ("fix",)),
+            ("approve's (both)", ("fix", "rollback")),
+        ):
+            runs = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                check_actions(folder, stored, operations)
+                runs.append(time.perf_counter() - t)
+            checks[label] = statistics.median(runs)
         approve(result.out_dir, "bench")
         steps: list[tuple[float, str]] = []
         t = time.perf_counter()
@@ -107,6 +124,11 @@ def main() -> None:
         print(" (" + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()) + ")")
         print(f"  proposed plan: {finished - planned:.1f} s")
         print(f"plan on its own: build_plan {built:.1f} s, write_plan {written:.1f} s")
+        print(
+            "check_actions, median of "
+            + f"{args.repeat}: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in checks.items())
+        )
         print(
             f"apply (one transaction, verified): {apply_time:.1f} s, "
             f"{applied.rows_changed} rows changed"
