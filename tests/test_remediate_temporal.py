@@ -21,6 +21,7 @@ from remediate.apply import apply_plan, rollback_plan
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, load_plan, write_plan
 from remediate.sql import Step, get_script_dialect, offline_table, step_statement
+from remediate.verify import verify_plan
 from tests.conftest import make_backend
 from tests.remediation_helpers import findings, run_client, table_state
 from tests.test_remediate_literals import _audited, _ent, _ok
@@ -78,6 +79,7 @@ def _fix_and_roll_back(backend, tmp_path: Path, spec, audit: Path, run=run_clien
         ("[3]", "orphan_row"),
     }
     _ok(run(backend, audit / "plan" / "fix.sql"))
+    assert verify_plan(audit, backend.url).clean
     assert findings(spec, backend, tmp_path, "fixed") == set()
     assert sorted(_ent(backend)) == [1, 2]
     fixed = table_state(backend, "ent")
@@ -267,3 +269,22 @@ def test_sqlite_date_texts_that_differ_are_findings_that_show_it(sqlite_backend,
     _ok(run_client(sqlite_backend, audit / "plan" / "fix.sql"))
     assert _ent(sqlite_backend) == {1: ("2026-01-01 10:00:00",)}
     assert findings(spec, sqlite_backend, tmp_path, "fixed") == set()
+
+
+def test_sqlite_an_inserted_date_is_the_streams_text(sqlite_backend, tmp_path):
+    # fix.sql inserted isoformat()'s '2026-01-03T12:00:00' for the stream's
+    # '2026-01-03 12:00:00': it exited 0 and logged "applied", and drift verify (SQLite
+    # compares the texts) still reported the row.
+    spec, audit = _audited(
+        sqlite_backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, at DATETIME NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, last_at DATETIME)",
+        ],
+        ["INSERT INTO ev VALUES (1, 2, '2026-01-03 12:00:00')"],
+        {"last_at": ("last", "at")},
+    )
+    _ok(run_client(sqlite_backend, audit / "plan" / "fix.sql"))
+    assert _ent(sqlite_backend) == {2: ("2026-01-03 12:00:00",)}
+    assert verify_plan(audit, sqlite_backend.url).clean
