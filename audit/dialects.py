@@ -89,6 +89,10 @@ class Dialect:
         itself rejects such sums (or offers no way to tell)."""
         return None
 
+    def stored(self, expr: ColumnElement) -> ColumnElement:
+        """``expr`` as a finding (or a plan) holds its value: as the driver reads it."""
+        return expr
+
     def json_text(self, expr: ColumnElement, path: tuple[str, ...]) -> ColumnElement:
         """The value at ``path`` inside a JSON (or JSON text) column, as text.
 
@@ -280,6 +284,14 @@ class MySQLDialect(Dialect):
         # JSON_EXTRACT reads malformed JSON as NULL, silently.
         return sa.and_(column.is_not(None), sa.func.json_valid(column) == 0)
 
+    def stored(self, expr: ColumnElement) -> ColumnElement:
+        # A TIME is a duration (-838:59:59 to 838:59:59) that the driver reads as a
+        # timedelta, written '1 day, 2:00:00' or '-1 day, 23:00:00'; MariaDB reads those
+        # (cast, without an error) as 00:00:01. Its own text ('26:00:00') reads back exactly.
+        if isinstance(expr.type, sa.Time):
+            return sa.type_coerce(sa.cast(expr, sa.String()), sa.String())
+        return expr
+
 
 def _c_text(expr: ColumnElement) -> ColumnElement:
     """PostgreSQL: a value as text under the "C" collation (compared character by character)."""
@@ -458,6 +470,15 @@ class SQLiteDialect(Dialect):
     def non_numeric(self, value: ColumnElement) -> ColumnElement | None:
         # SQLite's SUM reads 'abc' as 0: values must really be numbers.
         return sa.func.typeof(value).in_(["text", "blob"])
+
+    def stored(self, expr: ColumnElement) -> ColumnElement:
+        # A date or time is whatever text (or number) the application stored: read it as
+        # is, not parsed by SQLAlchemy (which reads '2026-01-01T10:00:00' and
+        # '2026-01-01 10:00:00' as one datetime, though SQLite compares them as two
+        # texts). A plan then compares and writes exactly the stored value.
+        if isinstance(expr.type, (sa.DateTime, sa.Date, sa.Time)):
+            return sa.type_coerce(expr, sa.String())
+        return expr
 
 
 _DIALECTS: dict[str, type[Dialect]] = {

@@ -98,8 +98,8 @@ def build_diff(
         for j, s in enumerate(folds.aggregates)
         if s in folds.last_event
     ]
-    cols += [e.label(f"e{i}") for i, e in enumerate(folds.expected)]
-    cols += [v.label(f"a{i}") for i, v in enumerate(current.values)]
+    cols += [dialect.stored(e).label(f"e{i}") for i, e in enumerate(folds.expected)]
+    cols += [dialect.stored(v).label(f"a{i}") for i, v in enumerate(current.values)]
     cols += [current.present.label("present")]
     cols += ([current.dup.label("dup")] if current.dup is not None else []) + flags
     cols += [f.label(f"tie{i}") for i, f in folds.tie_flags.items()]

@@ -118,6 +118,8 @@ def apply_plan(
             conn = engine.connect()
             # Before anything else: every wait for a lock, from here on, is bounded.
             script.set_lock_timeout(conn, lock_timeout)
+            # The values of the plan mean what they meant in the audit's session.
+            script.set_session(conn, loaded.fingerprint)
             conn.commit()
         try:
             run = _Run(

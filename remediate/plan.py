@@ -463,7 +463,10 @@ def render_script(plan: Plan, operation: str) -> str:
     return template.render(
         header=header,
         # rollback.sql needs the history tables a fix made; without them it refuses.
-        prologue=script.prologue(history=not rollback),
+        prologue=[
+            *script.prologue(history=not rollback),
+            *script.session_statements(plan.fingerprint),
+        ],
         begin=script.begin(),
         guard_setup=script.guard_setup(),
         checks_comment=(

@@ -55,17 +55,80 @@ class _Integer(sa.BigInteger):
         return process
 
 
+class _Temporal(sa.String):
+    """A date, time or datetime as a plan holds it: text (or, on SQLite, a number).
+
+    On PostgreSQL and MariaDB the text is the ISO form the audit read
+    (``2026-01-01T10:00:00``, with the offset for a ``timestamptz``); on SQLite it
+    is exactly the text the column stores, read unparsed (``Dialect.stored``).
+    Each script dialect compares and assigns it as the column's own temporal type
+    (:meth:`ScriptDialect.temporal_value`, :meth:`ScriptDialect.temporal_equals`),
+    never as text: MariaDB's DATETIME reads as ``2026-01-01 10:00:00``.
+    """
+
+    family: ClassVar[str] = ""
+
+    def literal_processor(self, dialect: sa.engine.Dialect) -> Callable[[Any], str]:
+        # SQLite: a date the application stored as a number stays that number.
+        text = super().literal_processor(dialect)
+        assert text is not None
+
+        def process(value: Any) -> str:
+            if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+                return format(value, "f") if isinstance(value, Decimal) else str(value)
+            if isinstance(value, float):
+                return repr(value)
+            return text(value)
+
+        return process
+
+    def bind_processor(self, dialect: sa.engine.Dialect) -> Callable[[Any], Any] | None:
+        text = super().bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            if isinstance(value, Decimal):  # sqlite3 binds no Decimal
+                return int(value) if value == value.to_integral_value() else float(value)
+            return value if text is None or not isinstance(value, str) else text(value)
+
+        return process
+
+
+class _DateTimeText(_Temporal):
+    family = "datetime"
+
+
+class _DateText(_Temporal):
+    family = "date"
+
+
+class _TimeText(_Temporal):
+    family = "time"
+
+
 FAMILY_TYPES: dict[str, type[sa.types.TypeEngine]] = {
     "integer": _Integer,
     "numeric": sa.Numeric,
     "float": sa.Float,
     "string": sa.String,
     "boolean": sa.Boolean,
-    # Temporal values travel as their ISO text; every engine casts it on assignment.
-    "datetime": sa.String,
-    "date": sa.String,
-    "time": sa.String,
+    "datetime": _DateTimeText,
+    "date": _DateText,
+    "time": _TimeText,
 }
+
+
+def temporal_family(type_: sa.types.TypeEngine) -> str | None:
+    """The family ("datetime", "date", "time") of a temporal column type, offline or live."""
+    if isinstance(type_, _Temporal):
+        return type_.family
+    if isinstance(type_, sa.DateTime):
+        return "datetime"
+    if isinstance(type_, sa.Date):
+        return "date"
+    if isinstance(type_, sa.Time):
+        return "time"
+    return None
+
 
 GUARD_FAILED = "drift: guard failed: a row changed since the audit; nothing was applied"
 
@@ -118,10 +181,22 @@ def _is_text(column: sa.Column) -> bool:
     return isinstance(column.type, sa.String)
 
 
+def _assigned(dialect: ScriptDialect, column: sa.Column, value: Any) -> ColumnElement:
+    """``value`` as it is written into (or compared with) ``column``: a temporal value
+    as the column's own temporal type."""
+    family = temporal_family(column.type)
+    if family is None:
+        return _literal(column, value)
+    return dialect.temporal_value(family, _literal(column, value))
+
+
 def matches(dialect: ScriptDialect, column: sa.Column, value: Any) -> ColumnElement:
-    """Null-safe, exact (byte-wise for text) ``column = value``."""
+    """Null-safe, exact (byte-wise for text, as the column's type for dates and times)
+    ``column = value``."""
     if value is None:
         return column.is_(None)
+    if temporal_family(column.type) is not None:
+        return dialect.temporal_equals(column, _assigned(dialect, column, value))
     literal = dialect.as_column_type(column, _literal(column, value))
     if _is_text(column):
         return dialect.exact_text_equals(column, literal)
@@ -151,12 +226,12 @@ def step_statement(
         return (
             table.update()
             .where(where_key, matches(dialect, column, step.observed))
-            .values({column.name: _literal(column, step.value)})
+            .values({column.name: _assigned(dialect, column, step.value)})
         )
     assert step.row is not None
     if step.op == "insert":
         names = list(step.row)
-        values = [_literal(table.c[n], step.row[n]).label(n) for n in names]
+        values = [_assigned(dialect, table.c[n], step.row[n]).label(n) for n in names]
         absent = ~sa.exists().where(where_key)
         return table.insert().from_select(names, sa.select(*values).where(absent))
     if step.op == "delete":
@@ -385,6 +460,22 @@ class ScriptDialect:
         """Text equality byte for byte, whatever the column's collation."""
         return column == value
 
+    def temporal_value(self, family: str, value: ColumnElement) -> ColumnElement:
+        """A date, time or datetime value (a literal of the plan's text) as the column's
+        temporal type, for a comparison or an assignment.
+
+        PostgreSQL reads an untyped literal as the type of the column it meets (in a
+        comparison, a SET and an INSERT's SELECT): ``'2026-01-01T10:00:00'`` is a
+        timestamp there, and a timestamptz's text carries its offset, so the client's
+        TimeZone does not matter.
+        """
+        return value
+
+    def temporal_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
+        """``column = value`` for a date, time or datetime column and a
+        :meth:`temporal_value`."""
+        return column == value
+
     def as_column_type(self, column: sa.Column, value: ColumnElement) -> ColumnElement:
         """``value`` as the column's own type where a comparison needs it.
 
@@ -399,6 +490,18 @@ class ScriptDialect:
     def single_float(self, type_: sa.types.TypeEngine) -> bool:
         """True for this database's single-precision float type."""
         return False
+
+    def session(self, conn: Connection) -> dict[str, Any]:
+        """The audit session's settings that the values it read depend on (kept in the
+        plan's fingerprint; :meth:`session_statements` and :meth:`set_session` restore them)."""
+        return {}
+
+    def session_statements(self, fingerprint: dict[str, Any]) -> list[str]:
+        """A script's statements restoring :meth:`session` (none when the plan has none)."""
+        return []
+
+    def set_session(self, conn: Connection, fingerprint: dict[str, Any]) -> None:
+        """drift apply: restore :meth:`session` on its connection."""
 
     def history_ddl(self) -> list[str]:
         return [
@@ -665,10 +768,38 @@ class MySQLScript(ScriptDialect):
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         return _utf8mb4_bytes(column) == _utf8mb4_bytes(value)
 
+    def temporal_value(self, family: str, value: ColumnElement) -> ColumnElement:
+        # As text, a DATETIME reads '2026-01-01 10:00:00', never the plan's ISO text:
+        # compared byte for byte no guard ever matched. As a DATETIME(6) (TIME(6)) the
+        # plan's text keeps its fraction, and equals the column's value of any precision;
+        # a TIMESTAMP column compares as a DATETIME in the session's time zone.
+        from sqlalchemy.dialects import mysql
+
+        types: dict[str, sa.types.TypeEngine] = {
+            "datetime": mysql.DATETIME(fsp=6),
+            "date": mysql.DATE(),
+            "time": mysql.TIME(fsp=6),
+        }
+        return sa.cast(value, types[family])
+
     def single_float(self, type_: sa.types.TypeEngine) -> bool:
         # FLOAT(p) with p > 24 is a DOUBLE in the catalog, and REAL too (unless the
         # sql_mode has REAL_AS_FLOAT, when the catalog says FLOAT).
         return isinstance(type_, sa.FLOAT)
+
+    def session(self, conn: Connection) -> dict[str, Any]:
+        # A TIMESTAMP reads (and is written) in the session's time zone: a plan's
+        # '2026-01-01 10:00:00' is that instant only in the audit's time zone.
+        return {"time_zone": conn.exec_driver_sql("SELECT @@session.time_zone").scalar_one()}
+
+    def session_statements(self, fingerprint: dict[str, Any]) -> list[str]:
+        if "time_zone" not in fingerprint:
+            return []
+        return [f"SET time_zone = {self.compile(sa.literal(str(fingerprint['time_zone'])))};"]
+
+    def set_session(self, conn: Connection, fingerprint: dict[str, Any]) -> None:
+        if "time_zone" in fingerprint:
+            conn.execute(sa.text("SET time_zone = :tz"), {"tz": str(fingerprint["time_zone"])})
 
     def prologue(self, history: bool = True) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
@@ -776,6 +907,11 @@ class SQLiteScript(ScriptDialect):
 
     def exact_text_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
         return column == sa.collate(value, "BINARY")
+
+    def temporal_equals(self, column: ColumnElement, value: ColumnElement) -> ColumnElement:
+        # A date is the text the application stored (the plan holds exactly that text,
+        # read unparsed): equal when it is that very text.
+        return self.exact_text_equals(column, value)
 
     def prologue(self, history: bool = True) -> list[str]:
         return [".bail on", *super().prologue(history)]

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
+from audit.dialects import get_dialect
 from audit.errors import AuditFolderError, OutputError
 from audit.findings import ORPHAN_ROW, from_json, read_findings, to_json
 from audit.rebuild import key_filter_clause
@@ -122,6 +123,8 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
     Reads the findings already written to ``folder`` to fetch the full current
     row of every orphan finding.
     """
+    from remediate.sql import get_script_dialect
+
     entities: dict[str, Any] = {}
     orphans: dict[str, dict[str, Any]] = {}
     for name, entity in bound.entities.items():
@@ -135,21 +138,31 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
         for finding in read_findings(findings):
             if finding["kind"] == ORPHAN_ROW:
                 wanted.setdefault(finding["entity"], []).append(finding["key"])
+    dialect = get_dialect(conn.dialect.name)
     for name, keys in wanted.items():
         entity = bound.entities[name]
         if entity.key_columns is None:
             continue
         found: dict[str, Any] = {}
+        # Each value as the audit's findings hold it (SQLite: a date's stored text; the
+        # key as the findings' keys, which are read as before).
+        keyed = {c.name for c in entity.key_columns}
+        columns = [
+            c if c.name in keyed else dialect.stored(c).label(c.name) for c in entity.table.columns
+        ]
         for start in range(0, len(keys), 1000):
             chunk = [tuple(from_json(k)) for k in keys[start : start + 1000]]
-            query = sa.select(entity.table).where(key_filter_clause(entity.key, chunk))
+            query = sa.select(*columns).where(key_filter_clause(entity.key, chunk))
             for row in conn.execute(query):
                 values = dict(row._mapping)
                 key = "[" + ",".join(to_json(values[c.name]) for c in entity.key_columns) + "]"
                 found.setdefault(key, []).append(values)
         orphans[name] = {k: rows[0] for k, rows in found.items() if len(rows) == 1}
     data = {
-        "fingerprint": fingerprint(conn, bound, url),
+        # With the session settings the plan's values were read in (MariaDB: the time
+        # zone of TIMESTAMP values), which its scripts and drift apply set again.
+        "fingerprint": fingerprint(conn, bound, url)
+        | get_script_dialect(conn.dialect.name).session(conn),
         "entities": entities,
         "orphans": orphans,
     }
