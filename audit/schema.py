@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit.collation import Collation, KeyCollation, key_collations, stream_key_collations
 from audit.database import describe_db_error
 from audit.dialects import get_dialect
 from audit.errors import DatabaseError, DataError, SpecError, did_you_mean
@@ -45,6 +46,11 @@ class BoundStream:
     order_is_not_null: bool = False
     #: An index leads with the key columns: one key's rows are cheap to find.
     key_is_indexed: bool = False
+    #: As one entity reads it (:meth:`BoundSpec.stream_for`): which key parts are
+    #: grouped under the entity key's collation (``key`` holds them with their
+    #: COLLATE), and the key as the spec gives it. None when no part needs one.
+    key_collations: tuple[KeyCollation | None, ...] | None = None
+    spec_key: tuple[ColumnElement, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class BoundEntity:
     key_columns: tuple[sa.Column, ...] | None  # when every key entry is a plain column
     columns: tuple[BoundColumn, ...]
     key_is_unique: bool
+    #: The streams whose keys this entity groups under its own key's collation (see
+    #: audit/collation.py), as it reads them; most entities have none.
+    keyed_streams: dict[str, BoundStream] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,11 @@ class BoundSpec:
     entities: dict[str, BoundEntity]
     job_logs: dict[str, BoundJobLog] = field(default_factory=dict)
     outboxes: dict[str, BoundOutbox] = field(default_factory=dict)
+
+    def stream_for(self, entity: BoundEntity, name: str) -> BoundStream:
+        """Stream ``name`` as ``entity`` reads it: its keys grouped, filtered and
+        matched under the entity key's collation where the two differ."""
+        return entity.keyed_streams.get(name) or self.streams[name]
 
 
 def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
@@ -187,6 +201,15 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             key_is_indexed=_leads_an_index(table, key),
         )
 
+    collations: dict[tuple[int, str], list[Collation | None]] = {}
+
+    def collations_of(
+        table: sa.Table, key: tuple[ColumnElement, ...], section: str
+    ) -> list[Collation | None]:
+        if (id(table), section) not in collations:
+            collations[(id(table), section)] = key_collations(conn, table, key)
+        return collations[(id(table), section)]
+
     entities: dict[str, BoundEntity] = {}
     for entity in spec.entities.values():
         table = reflect(f"{entity.section}.table", entity.table, entity.schema)
@@ -222,6 +245,24 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                     ),
                 )
             )
+        keyed: dict[str, BoundStream] = {}
+        for name in _streams_read(entity):
+            read = streams[name]
+            parts = stream_key_collations(
+                dialect.name,
+                read.spec.section,
+                collations_of(read.table, read.key, read.spec.section),
+                entity.section,
+                collations_of(table, key, entity.section),
+            )
+            if parts is not None:
+                keyed[name] = replace(
+                    read,
+                    key=tuple(k if p is None else p.group(k) for k, p in zip(read.key, parts)),
+                    key_collations=parts,
+                    spec_key=read.key,
+                    key_is_indexed=False,  # an index on the key serves no COLLATE'd lookup
+                )
         entities[entity.name] = BoundEntity(
             spec=entity,
             table=table,
@@ -231,6 +272,7 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             key_is_unique=key_columns is not None
             and bool(key_columns)
             and _is_unique(table, key_columns),
+            keyed_streams=keyed,
         )
     job_logs = {
         name: _bind_job_log(conn, job_log, reflect, json, entities[job_log.entity])
@@ -278,6 +320,14 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     _check_expressions(bound, conn)
     _check_json(conn, dialect, json_columns.values())
     return bound
+
+
+def _streams_read(entity: Entity) -> list[str]:
+    """The streams an entity's columns and their witnesses read."""
+    names = dict.fromkeys(entity.streams)
+    for column in entity.columns.values():
+        names.update(dict.fromkeys(w.stream for w in column.also))
+    return list(names)
 
 
 def _check_json(conn: Connection, dialect: Any, columns: Iterable[tuple[sa.Column, str]]) -> None:
