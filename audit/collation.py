@@ -102,6 +102,26 @@ def _compile_text_of_bytes(element, compiler, **kw):  # type: ignore[no-untyped-
     return f"CONVERT({compiler.process(element.expr, **kw)} USING {element.charset})"
 
 
+def match_keys(
+    table: sa.FromClause, key: Sequence[ColumnElement], keys: Sequence[tuple], label: str
+) -> tuple[sa.FromClause, ColumnElement]:
+    """``table`` joined to the asked ``keys`` on ``key`` (a stream key grouped under the
+    entity key's collation), and the column that says which asked key a row belongs to
+    (its position in ``keys``): rows of one entity may be spelled otherwise than its key.
+    """
+    asked = sa.union_all(
+        *(
+            sa.select(
+                sa.literal(n).label(label),
+                *(sa.literal(v).label(f"w{i}") for i, v in enumerate(value)),
+            )
+            for n, value in enumerate(keys)
+        )
+    ).subquery("drift_asked")
+    on = sa.and_(*(k == asked.c[f"w{i}"] for i, k in enumerate(key)))
+    return table.join(asked, on), asked.c[label]
+
+
 def key_collations(
     conn: Connection, table: sa.FromClause, key: Sequence[ColumnElement]
 ) -> list[Collation | None]:

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from audit.collation import match_keys
 from audit.findings import from_json, iso, key_to_json, to_json
 from audit.output import read_parquet
 from audit.ranking import RANK_COLUMNS, top_indices
@@ -134,11 +135,8 @@ def _stream_rows(
     if stream.key_collations is not None:
         # Grouped under the entity key's collation, a key's rows may be spelled otherwise
         # than the finding's key: each row is matched to the key it belongs to.
-        asked = _asked_keys(values, key_labels[0])
-        joined = table.join(
-            asked, sa.and_(*(k == asked.c[f"w{i}"] for i, k in enumerate(stream.key)))
-        )
-        partition = [asked.c[key_labels[0]]]
+        joined, which = match_keys(table, stream.key, values, key_labels[0])
+        partition = [which]
     window = sa.func.row_number().over(
         partition_by=partition, order_by=[o.desc() for o in stream.order_by]
     )
@@ -191,19 +189,6 @@ def _stream_rows(
             "row": "{" + ",".join([p + to_json(v) for p, v in zip(prefixes, record[:width])]) + "}",
             "roles": roles,
         }
-
-
-def _asked_keys(values: list[tuple[Any, ...]], index: str) -> sa.Subquery:
-    """The asked keys as a table: their position in the batch, and their values."""
-    return sa.union_all(
-        *(
-            sa.select(
-                sa.literal(n).label(index),
-                *(sa.literal(v).label(f"w{i}") for i, v in enumerate(value)),
-            )
-            for n, value in enumerate(values)
-        )
-    ).subquery("drift_asked")
 
 
 class EvidenceRow(NamedTuple):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from audit import parse_spec, run_audit
+from audit import attribution, parse_spec, run_audit
 from audit.dialects import get_dialect
 from audit.diff import build_diff
 from audit.errors import SpecError
@@ -272,3 +272,36 @@ def test_mariadb_accent_insensitive_uca_collation(tmp_path, stream_ci):
             assert found == {(("e",), "total", "mismatch", 11, 1)}
     finally:
         next(backend_gen, None)
+
+
+def test_attribution_reads_every_spelling_of_the_key(db):
+    """Attribution's lookups of stream rows (each run's effect, a column's history) by
+    the key of a case-insensitive entity find its rows spelled 'a' and 'A'."""
+    text = "TEXT" if db.name == "sqlite" else "VARCHAR(20) CHARACTER SET utf8mb4"
+    text = "VARCHAR(20)" if db.name == "postgresql" else text
+    db.execute(
+        f"CREATE TABLE ev (id INTEGER PRIMARY KEY, k {text} COLLATE {CS[db.name]}, "
+        "v INTEGER, s VARCHAR(20), run_id INTEGER)"
+    )
+    db.execute(
+        f"CREATE TABLE ent (k {text} COLLATE {CI[db.name]} NOT NULL PRIMARY KEY, "
+        "total INTEGER, last_s VARCHAR(20))"
+    )
+    db.execute(
+        "INSERT INTO ev VALUES (1, 'a', 1, 'x', 7), (2, 'A', 10, 'y', 8), (3, 'b', 5, 'z', 7)"
+    )
+    db.execute("INSERT INTO ent VALUES ('a', 1, 'x'), ('b', 5, 'z')")
+    parsed = parse_spec(
+        f'version = 1\n[database]\nurl = "{db.url}"\n[streams.ev]\ntable = "ev"\n'
+        'key = ["k"]\norder_by = ["id"]\nrun_id = "run_id"\n'
+        '[entities.ent]\ntable = "ent"\nkey = ["k"]\n' + SUM + LAST
+    )
+    with db.engine.connect() as conn:
+        bound = bind_spec(parsed, conn)
+        entity = bound.entities["ent"]
+        total, last_s = entity.columns
+        effects = attribution.fetch_effects(conn, bound, total, [("a",)], entity)
+        history = attribution.fetch_stream_rows(conn, bound, last_s, [("a",)], True, entity)
+        conn.rollback()
+    assert effects == {("a",): {"7": 1, "8": 10}}
+    assert [row["value"] for row in history[("a",)]] == ["x", "y"]
