@@ -201,15 +201,6 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             key_is_indexed=_leads_an_index(table, key),
         )
 
-    collations: dict[tuple[int, str], list[Collation | None]] = {}
-
-    def collations_of(
-        table: sa.Table, key: tuple[ColumnElement, ...], section: str
-    ) -> list[Collation | None]:
-        if (id(table), section) not in collations:
-            collations[(id(table), section)] = key_collations(conn, table, key)
-        return collations[(id(table), section)]
-
     entities: dict[str, BoundEntity] = {}
     for entity in spec.entities.values():
         table = reflect(f"{entity.section}.table", entity.table, entity.schema)
@@ -245,24 +236,6 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
                     ),
                 )
             )
-        keyed: dict[str, BoundStream] = {}
-        for name in _streams_read(entity):
-            read = streams[name]
-            parts = stream_key_collations(
-                dialect.name,
-                read.spec.section,
-                collations_of(read.table, read.key, read.spec.section),
-                entity.section,
-                collations_of(table, key, entity.section),
-            )
-            if parts is not None:
-                keyed[name] = replace(
-                    read,
-                    key=tuple(k if p is None else p.group(k) for k, p in zip(read.key, parts)),
-                    key_collations=parts,
-                    spec_key=read.key,
-                    key_is_indexed=False,  # an index on the key serves no COLLATE'd lookup
-                )
         entities[entity.name] = BoundEntity(
             spec=entity,
             table=table,
@@ -272,7 +245,6 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
             key_is_unique=key_columns is not None
             and bool(key_columns)
             and _is_unique(table, key_columns),
-            keyed_streams=keyed,
         )
     job_logs = {
         name: _bind_job_log(conn, job_log, reflect, json, entities[job_log.entity])
@@ -319,7 +291,47 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     )
     _check_expressions(bound, conn)
     _check_json(conn, dialect, json_columns.values())
-    return bound
+    return _with_keyed_streams(bound, conn, dialect.name)
+
+
+def _with_keyed_streams(bound: BoundSpec, conn: Connection, dialect: str) -> BoundSpec:
+    """Each entity with the streams it groups under its own key's collation (see
+    audit/collation.py). After the expressions are checked: the collations are asked
+    of the database, which would otherwise reject a bad key expression here."""
+    collations: dict[str, list[Collation | None]] = {}
+
+    def collations_of(
+        section: str, table: sa.Table, key: tuple[ColumnElement, ...]
+    ) -> list[Collation | None]:
+        if section not in collations:
+            collations[section] = key_collations(conn, table, key)
+        return collations[section]
+
+    entities: dict[str, BoundEntity] = {}
+    for name, entity in bound.entities.items():
+        keyed: dict[str, BoundStream] = {}
+        for stream_name in _streams_read(entity.spec):
+            read = bound.streams[stream_name]
+            parts = stream_key_collations(
+                dialect,
+                read.spec.section,
+                collations_of(read.spec.section, read.table, read.key),
+                entity.spec.section,
+                collations_of(entity.spec.section, entity.table, entity.key),
+            )
+            if parts is not None:
+                keyed[stream_name] = replace(
+                    read,
+                    key=tuple(k if p is None else p.group(k) for k, p in zip(read.key, parts)),
+                    key_collations=parts,
+                    spec_key=read.key,
+                    key_is_indexed=False,  # an index on the key serves no COLLATE'd lookup
+                )
+        if keyed:
+            entities[name] = replace(entity, keyed_streams=keyed)
+    if not entities:
+        return bound
+    return replace(bound, entities={**bound.entities, **entities})
 
 
 def _streams_read(entity: Entity) -> list[str]:

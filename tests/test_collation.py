@@ -23,6 +23,7 @@ from audit.diff import build_diff
 from audit.errors import SpecError
 from audit.evidence import EVIDENCE
 from audit.schema import bind_spec
+from drift.cli import main
 from tests.conftest import Backend, make_backend
 from tests.shop import brief
 
@@ -223,7 +224,7 @@ def test_evidence_holds_every_spelling_of_the_key(db, tmp_path):
     assert '"k":"A"' in rows[0][2] and '"k":"a"' in rows[1][2]
 
 
-def test_keys_of_different_character_sets_are_refused(tmp_path):
+def test_keys_of_different_character_sets_are_refused(tmp_path, capsys):
     backend_gen = make_backend("mysql", tmp_path)
     db = next(backend_gen)
     try:
@@ -237,6 +238,15 @@ def test_keys_of_different_character_sets_are_refused(tmp_path):
         )
         with pytest.raises(SpecError, match=r"streams\.ev\.key\[0\]: its character set latin1"):
             audit(db, tmp_path)
+        # From the command line: one line, exit code 2.
+        spec_file = tmp_path / "drift.toml"
+        spec_file.write_text(
+            f'version = 1\n[database]\nurl = "{db.url}"\n[streams.ev]\ntable = "ev"\n'
+            'key = ["k"]\norder_by = ["id"]\n[entities.ent]\ntable = "ent"\nkey = ["k"]\n' + SUM
+        )
+        assert main(["-q", "audit", "-c", str(spec_file), "-o", str(tmp_path / "cli")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "character set latin1" in err and "\n" not in err
         # The way out the message names: the stream key as an expression in the entity's terms.
         with db.engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO ev VALUES (1, 'a', 1, 'x'), (2, 'A', 2, 'y')")
