@@ -315,3 +315,33 @@ def test_attribution_reads_every_spelling_of_the_key(db):
         conn.rollback()
     assert effects == {("a",): {"7": 1, "8": 10}}
     assert [row["value"] for row in history[("a",)]] == ["x", "y"]
+
+
+def test_a_witness_and_a_second_stream_read_keys_under_the_entity_collation(db, tmp_path):
+    """Entity 'a' (case-insensitive key) with events 'a' (+1) and 'A' (+10) in a binary
+    stream, and a second stream of the entity's collation that witnesses the total (11,
+    spelled 'A') and gives last_s: all agree, no finding. Grouped under the binary key,
+    'A' was a missing row and the witness disagreed with 'A''s 10."""
+    text = {"sqlite": "TEXT", "mysql": "VARCHAR(20) CHARACTER SET utf8mb4"}.get(db.name, "TEXT")
+    create(db, CS[db.name], CI[db.name], events=[(1, "a", 1, "x"), (2, "A", 10, "x")], rows=[])
+    db.execute(
+        f"CREATE TABLE wit (id INTEGER PRIMARY KEY, k {text} COLLATE {CI[db.name]}, "
+        "v INTEGER, s VARCHAR(20))"
+    )
+    db.execute("INSERT INTO wit VALUES (1, 'A', 11, 'y')")
+    db.execute("INSERT INTO ent VALUES ('a', 11, 'y')")
+    parsed = parse_spec(
+        f'version = 1\n[database]\nurl = "{db.url}"\n'
+        '[streams.ev]\ntable = "ev"\nkey = ["k"]\norder_by = ["id"]\n'
+        '[streams.wit]\ntable = "wit"\nkey = ["k"]\norder_by = ["id"]\n'
+        '[entities.ent]\ntable = "ent"\nkey = ["k"]\n'
+        + SUM
+        + 'also = [{ stream = "wit", fold = "last", value = "v" }]\n'
+        + '[entities.ent.columns.last_s]\nstream = "wit"\nfold = "last"\nvalue = "s"\n'
+    )
+    result = run_audit(parsed, out=tmp_path / "w", write_report=False)
+    assert pq.read_table(result.findings_path).to_pylist() == []
+    with db.engine.connect() as conn:
+        keyed = bind_spec(parsed, conn).entities["ent"].keyed_streams
+        conn.rollback()
+    assert set(keyed) == {"ev"}  # only the stream whose collation differs
