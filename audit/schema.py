@@ -22,7 +22,13 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit.collation import Collation, KeyCollation, key_collations, stream_key_collations
+from audit.collation import (
+    Asked,
+    KeyCollation,
+    is_not_text,
+    key_collations,
+    stream_key_collations,
+)
 from audit.database import describe_db_error
 from audit.dialects import get_dialect
 from audit.errors import DatabaseError, DataError, SpecError, did_you_mean
@@ -297,38 +303,43 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
 def _with_keyed_streams(bound: BoundSpec, conn: Connection, dialect: str) -> BoundSpec:
     """Each entity with the streams it groups under its own key's collation (see
     audit/collation.py). After the expressions are checked: the collations are asked
-    of the database, which would otherwise reject a bad key expression here."""
-    collations: dict[str, list[Collation | None]] = {}
-
-    def collations_of(
-        section: str, table: sa.Table, key: tuple[ColumnElement, ...]
-    ) -> list[Collation | None]:
-        if section not in collations:
-            collations[section] = key_collations(conn, table, key)
-        return collations[section]
+    of the database, which would otherwise reject a bad key expression here. Only key
+    parts that may be text on both sides are asked about, all in one statement."""
+    pairs = [
+        (entity, bound.streams[name])
+        for entity in bound.entities.values()
+        for name in _streams_read(entity.spec)
+    ]
+    asked: dict[tuple[str, int], Asked] = {}
+    for entity, stream in pairs:
+        for i, (mine, theirs) in enumerate(zip(stream.key, entity.key)):
+            if not is_not_text(mine) and not is_not_text(theirs):
+                asked.setdefault((stream.spec.section, i), (stream.table, mine))
+                asked.setdefault((entity.spec.section, i), (entity.table, theirs))
+    if not asked:
+        return bound
+    found = dict(zip(asked, key_collations(conn, list(asked.values()))))
 
     entities: dict[str, BoundEntity] = {}
-    for name, entity in bound.entities.items():
-        keyed: dict[str, BoundStream] = {}
-        for stream_name in _streams_read(entity.spec):
-            read = bound.streams[stream_name]
-            parts = stream_key_collations(
-                dialect,
-                read.spec.section,
-                collations_of(read.spec.section, read.table, read.key),
-                entity.spec.section,
-                collations_of(entity.spec.section, entity.table, entity.key),
+    for entity, read in pairs:
+        parts = stream_key_collations(
+            dialect,
+            read.spec.section,
+            [found.get((read.spec.section, i)) for i in range(len(read.key))],
+            entity.spec.section,
+            [found.get((entity.spec.section, i)) for i in range(len(entity.key))],
+        )
+        if parts is not None:
+            keyed = replace(
+                read,
+                key=tuple(k if p is None else p.group(k) for k, p in zip(read.key, parts)),
+                key_collations=parts,
+                spec_key=read.key,
+                key_is_indexed=False,  # an index on the key serves no COLLATE'd lookup
             )
-            if parts is not None:
-                keyed[stream_name] = replace(
-                    read,
-                    key=tuple(k if p is None else p.group(k) for k, p in zip(read.key, parts)),
-                    key_collations=parts,
-                    spec_key=read.key,
-                    key_is_indexed=False,  # an index on the key serves no COLLATE'd lookup
-                )
-        if keyed:
-            entities[name] = replace(entity, keyed_streams=keyed)
+            current = entities.get(entity.spec.name, entity)
+            streams = {**current.keyed_streams, read.spec.name: keyed}
+            entities[entity.spec.name] = replace(current, keyed_streams=streams)
     if not entities:
         return bound
     return replace(bound, entities={**bound.entities, **entities})
