@@ -54,7 +54,9 @@ class KeyCollation:
         """``expr COLLATE <entity collation>``: what GROUP BY, PARTITION BY and joins use."""
         return sa.collate(expr, quoted_name(self.collation.name, quote=False))
 
-    def spelling(self, expr: ColumnElement, partition: Sequence[ColumnElement] | None = None):  # type: ignore[no-untyped-def]
+    def spelling(
+        self, expr: ColumnElement, partition: Sequence[ColumnElement] | None = None
+    ) -> ColumnElement:
         """The least spelling (in binary order) of a group's key values, under the
         entity's collation: an aggregate, or a window over ``partition``."""
         least: ColumnElement = sa.func.min(self._binary(expr))
