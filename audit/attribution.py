@@ -40,10 +40,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit.collation import match_keys
 from audit.dialects import Dialect
 from audit.findings import MISMATCH, Finding, iso
 from audit.rebuild import key_filter_clause
-from audit.schema import BoundColumn, BoundEntity, BoundJobLog, BoundOutbox, BoundSpec
+from audit.schema import (
+    BoundColumn,
+    BoundEntity,
+    BoundJobLog,
+    BoundOutbox,
+    BoundSpec,
+    BoundStream,
+)
 
 LOST_UPDATE = "lost_update"
 DOUBLE_APPLY = "double_apply"
@@ -467,39 +475,89 @@ def _contribution(column: BoundColumn) -> ColumnElement:
     return value
 
 
-def fetch_effects(
-    conn: Connection, bound: BoundSpec, column: BoundColumn, keys: Sequence[Key]
-) -> dict[Key, dict[str, Decimal]]:
-    """Each run's effect on a sum/count column, by key and str(run id) (needs run_id)."""
-    stream = bound.streams[column.spec.stream]
-    assert stream.run_id is not None
+@dataclass(frozen=True)
+class _StreamKeys:
+    """How a stream's rows are looked up by entity keys, and told apart again."""
+
+    columns: list[ColumnElement]  # selected first in each row
+    source: sa.FromClause
+    where: ColumnElement
+    key_of: Callable[[Any], Key | None]
+
+
+def _stream_keys(stream: BoundStream, keys: Sequence[Key]) -> _StreamKeys:
+    """The stream's key columns and ``key IN (keys)``; for a stream grouped under the
+    entity key's collation (audit/collation.py), a join to the asked keys, whose
+    position in ``keys`` names each row's key (a row may be spelled otherwise)."""
+    if stream.key_collations is not None:
+        source, which = match_keys(stream.table, stream.key, keys, "drift_asked_key")
+        return _StreamKeys([which], source, sa.true(), lambda row: keys[row[0]])
     n = len(stream.key)
+    wanted = set(keys)
+
+    def key_of(row: Any) -> Key | None:
+        key = tuple(row[:n])
+        return key if key in wanted else None
+
+    return _StreamKeys(
+        [k.label(f"k{i}") for i, k in enumerate(stream.key)],
+        stream.table,
+        key_filter_clause(stream.key, keys),
+        key_of,
+    )
+
+
+def _stream_of(bound: BoundSpec, column: BoundColumn, entity: BoundEntity | None) -> BoundStream:
+    name = column.spec.stream
+    return bound.streams[name] if entity is None else bound.stream_for(entity, name)
+
+
+def fetch_effects(
+    conn: Connection,
+    bound: BoundSpec,
+    column: BoundColumn,
+    keys: Sequence[Key],
+    entity: BoundEntity | None = None,
+) -> dict[Key, dict[str, Decimal]]:
+    """Each run's effect on a sum/count column, by key and str(run id) (needs run_id).
+
+    With ``entity``, the stream's rows are those of the entity's keys under its key's
+    collation (audit/collation.py)."""
+    stream = _stream_of(bound, column, entity)
+    assert stream.run_id is not None
+    lookup = _stream_keys(stream, keys)
     query = (
         sa.select(
-            *(k.label(f"k{i}") for i, k in enumerate(stream.key)),
+            *lookup.columns,
             stream.run_id.label("run_id"),
             sa.func.sum(_contribution(column)).label("effect"),
         )
-        .select_from(stream.table)
-        .where(key_filter_clause(stream.key, keys), stream.run_id.is_not(None))
-        .group_by(*stream.key, stream.run_id)
+        .select_from(lookup.source)
+        .where(lookup.where, stream.run_id.is_not(None))
+        .group_by(*lookup.columns, stream.run_id)
     )
-    wanted = set(keys)
     effects: dict[Key, dict[str, Decimal]] = defaultdict(dict)
     for row in conn.execute(query):
-        key = tuple(row[:n])
-        if key in wanted:
+        key = lookup.key_of(row)
+        if key is not None:
             effects[key][str(row.run_id)] = _number(row.effect) or Decimal(0)
     return effects
 
 
 def fetch_stream_rows(
-    conn: Connection, bound: BoundSpec, column: BoundColumn, keys: Sequence[Key], value: bool
+    conn: Connection,
+    bound: BoundSpec,
+    column: BoundColumn,
+    keys: Sequence[Key],
+    value: bool,
+    entity: BoundEntity | None = None,
 ) -> dict[Key, list[dict[str, Any]]]:
-    """A column's contributing stream rows for these keys, in order (history)."""
-    stream = bound.streams[column.spec.stream]
-    n = len(stream.key)
-    cols: list[ColumnElement] = [k.label(f"k{i}") for i, k in enumerate(stream.key)]
+    """A column's contributing stream rows for these keys, in order (history).
+
+    With ``entity``, as in :func:`fetch_effects`."""
+    stream = _stream_of(bound, column, entity)
+    lookup = _stream_keys(stream, keys)
+    cols: list[ColumnElement] = list(lookup.columns)
     cols += [o.label(f"o{i}") for i, o in enumerate(stream.order_by)]
     contribution = _contribution(column) if not value else column.value
     assert contribution is not None
@@ -508,18 +566,17 @@ def fetch_stream_rows(
     cols.append((stream.run_id if stream.run_id is not None else sa.null()).label("r"))
     query = (
         sa.select(*cols)
-        .select_from(stream.table)
-        .where(key_filter_clause(stream.key, keys))
-        .order_by(*stream.key, *stream.order_by)
+        .select_from(lookup.source)
+        .where(lookup.where)
+        .order_by(*lookup.columns, *stream.order_by)
     )
     if value and column.where is not None:
         query = query.where(column.where)
-    wanted = set(keys)
     rows: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for row in conn.execute(query):
         m = row._mapping
-        key = tuple(row[:n])
-        if key in wanted:
+        key = lookup.key_of(row)
+        if key is not None:
             rows[key].append(
                 {
                     "order": tuple(m[f"o{i}"] for i in range(len(stream.order_by))),
@@ -785,16 +842,16 @@ def _attribute_batch(
         stream = bound.streams[column.spec.stream]
         if column.spec.fold in ("sum", "count"):
             if stream.run_id is not None:
-                effects[name] = fetch_effects(conn, bound, column, col_keys)
+                effects[name] = fetch_effects(conn, bound, column, col_keys, entity)
                 exact[name] = True
             elif stream.time is not None:
-                rows = fetch_stream_rows(conn, bound, column, col_keys, value=False)
+                rows = fetch_stream_rows(conn, bound, column, col_keys, False, entity)
                 effects[name] = {
                     k: window_effects(rows.get(k, []), runs.get(k, [])) for k in col_keys
                 }
                 exact[name] = False
         elif column.spec.fold in ("first", "last"):
-            history[name] = fetch_stream_rows(conn, bound, column, col_keys, value=True)
+            history[name] = fetch_stream_rows(conn, bound, column, col_keys, True, entity)
     # Outboxes whose payloads carry the column's state date the first divergence.
     divergence: dict[tuple[str, Key], dict[str, Any]] = {}
     for name, col_keys in by_column.items():
@@ -803,7 +860,7 @@ def _attribute_batch(
         if not stating:
             continue
         contributions = fetch_stream_rows(
-            conn, bound, column, col_keys, value=column.spec.fold not in ("sum", "count")
+            conn, bound, column, col_keys, column.spec.fold not in ("sum", "count"), entity
         )
         for outbox in stating:
             states = fetch_announced_states(conn, outbox, name, col_keys)

@@ -80,7 +80,14 @@ def build_diff(
     if dialect.full_outer_join:
         joined, key_cols = _full_join(entity, folds, current, labels)
     else:
-        joined, key_cols = _union_join(bound, folds, current, labels, only_keys)
+        joined, key_cols = _union_join(bound, entity, folds, current, labels, only_keys)
+    if entity.keyed_streams:
+        # Stream keys grouped under the entity key's collation may be spelled otherwise
+        # than the row they match: a present row is named as it is spelled.
+        sides: list[list[ColumnElement]] = [
+            [agg.c[lbl] for lbl in labels] for agg in folds.aggregates.values()
+        ]
+        key_cols = _coalesced([current.keys, *sides])
 
     explained = sa.or_(*(agg.c.n.is_not(None) for agg in folds.aggregates.values()))
     present = current.is_present
@@ -186,6 +193,7 @@ def _current_side(
 
 def _union_join(
     bound: BoundSpec,
+    entity: BoundEntity,
     folds: EntityFolds,
     current: _Current,
     labels: list[str],
@@ -200,7 +208,7 @@ def _union_join(
     """
     key_sets = []
     for name in folds.aggregates:
-        stream = bound.streams[name]
+        stream = bound.stream_for(entity, name)
         of_stream = sa.select(*(k.label(lbl) for k, lbl in zip(stream.key, labels)))
         of_stream = of_stream.select_from(stream.table)
         if only_keys is not None:

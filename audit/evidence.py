@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from audit.collation import match_keys
 from audit.findings import from_json, iso, key_to_json, to_json
 from audit.output import read_parquet
 from audit.ranking import RANK_COLUMNS, top_indices
@@ -100,7 +101,7 @@ def collect_evidence(
             if entity is None:
                 continue
             for stream_name in entity.spec.streams:
-                stream = bound.streams[stream_name]
+                stream = bound.stream_for(entity, stream_name)
                 for start in range(0, len(keys), batch_keys):
                     batch = keys[start : start + batch_keys]
                     rows = list(_stream_rows(conn, stream, entity_name, batch, rows_per_key))
@@ -129,19 +130,28 @@ def _stream_rows(
     key_labels = [_label(table, f"drift_key{i}") for i in range(len(stream.key))]
     position = _label(table, "drift_position")
     at = _label(table, "drift_at")
+    joined: sa.FromClause = table
+    partition: list[Any] = list(stream.key)
+    if stream.key_collations is not None:
+        # Grouped under the entity key's collation, a key's rows may be spelled otherwise
+        # than the finding's key: each row is matched to the key it belongs to.
+        joined, which = match_keys(table, stream.key, values, key_labels[0])
+        partition = [which]
     window = sa.func.row_number().over(
-        partition_by=list(stream.key), order_by=[o.desc() for o in stream.order_by]
+        partition_by=partition, order_by=[o.desc() for o in stream.order_by]
     )
-    selected = [*table.c, *(k.label(lbl) for k, lbl in zip(stream.key, key_labels))]
+    if stream.key_collations is not None:
+        key_labels = key_labels[:1]
+        selected = [*table.c, partition[0].label(key_labels[0])]
+    else:
+        selected = [*table.c, *(k.label(lbl) for k, lbl in zip(stream.key, key_labels))]
     selected.append(window.label(position))
     if stream.time is not None:
         selected.append(stream.time.label(at))
-    inner = (
-        sa.select(*selected)
-        .select_from(table)
-        .where(key_filter_clause(stream.key, values))
-        .subquery("evidence")
-    )
+    rows = sa.select(*selected).select_from(joined)
+    if stream.key_collations is None:
+        rows = rows.where(key_filter_clause(stream.key, values))
+    inner = rows.subquery("evidence")
     query = (
         sa.select(inner)
         .where(inner.c[position] <= rows_per_key)
@@ -164,7 +174,10 @@ def _stream_rows(
     # each column name encoded once rather than once per row.
     prefixes = [to_json(c.name) + ":" for c in table.c]
     for record in conn.execute(query):
-        key = key_to_json([record[i] for i in key_at])
+        if stream.key_collations is not None:
+            key = keys[record[key_at[0]]]
+        else:
+            key = key_to_json([record[i] for i in key_at])
         if key not in wanted:
             continue
         yield {

@@ -45,7 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit.database import mask_url
 from audit.errors import StateError
-from audit.schema import BoundSpec, BoundStream
+from audit.schema import BoundEntity, BoundSpec, BoundStream
 from audit.spec import Spec
 
 STATE_FILE = ".drift-state.json"
@@ -142,7 +142,7 @@ class IncrementalState:
         for name, entity in bound.entities.items():
             selects = [
                 _touched(stream, since.streams.get(stream.spec.name))
-                for stream in _sources(bound, entity.spec.streams)
+                for stream in _sources(bound, entity)
             ]
             only_keys[name] = selects[0] if len(selects) == 1 else sa.union(*selects)
         return Scope(only_keys=only_keys, since=since, latest=latest, lookback=self.lookback)
@@ -170,9 +170,13 @@ class IncrementalState:
         self.marks = marks
 
 
-def _sources(bound: BoundSpec, streams: Sequence[str]) -> list[BoundStream]:
-    """The tables whose new rows touch an entity's keys (streams; later job logs, outboxes)."""
-    return [bound.streams[name] for name in streams]
+def _sources(bound: BoundSpec, entity: BoundEntity) -> list[BoundStream]:
+    """The tables whose new rows touch an entity's keys (streams; later job logs, outboxes).
+
+    Each stream as the entity reads it: its touched keys are compared with the
+    entity's keys (and its own) under the entity key's collation.
+    """
+    return [bound.stream_for(entity, name) for name in entity.spec.streams]
 
 
 def _touched(stream: BoundStream, since: list[Any] | None) -> sa.Select:

@@ -67,6 +67,22 @@ def key_filter_clause(key: Sequence[ColumnElement], keys: KeyFilter) -> ColumnEl
     return sa.tuple_(*key).in_([tuple(k) for k in keys])
 
 
+def _key_outputs(stream: BoundStream, window: bool = False) -> list[ColumnElement]:
+    """The key columns an aggregate (or, with ``window``, a window's rows) carries.
+
+    A part grouped under the entity key's collation (audit/collation.py) is spelled
+    the one way of its group that sorts first in binary order, so a missing row's
+    key does not depend on which row the database met first.
+    """
+    if stream.key_collations is None:
+        return list(stream.key)
+    partition = list(stream.key) if window else None
+    return [
+        key if part is None else part.spelling(spelled, partition)
+        for key, spelled, part in zip(stream.key, stream.spec_key, stream.key_collations)
+    ]
+
+
 #: ``n``: a key's row in a stream's aggregate says "this stream explains the key".
 _EXPLAINED: ColumnElement = sa.literal_column("1").label("n")
 
@@ -118,7 +134,7 @@ def _aggregate(
     dialect: Dialect,
 ) -> Subquery:
     labels = key_labels(len(stream.key))
-    selected: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
+    selected: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(_key_outputs(stream), labels)]
     selected += [
         func.label(lbl)
         for func, lbl in _stream_aggregates(stream, columns, first_last, with_time, dialect)
@@ -149,7 +165,8 @@ def _window(
     descending = column.spec.fold == "last"
     order = [o.desc() if descending else o.asc() for o in stream.order_by]
     window: dict[str, Any] = {"partition_by": list(stream.key), "order_by": order}
-    inner_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(stream.key, labels)]
+    keys = _key_outputs(stream, window=True)
+    inner_cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(keys, labels)]
     assert column.value is not None, "first/last folds have a value"
     inner_cols.append(column.value.label("v"))
     inner_cols.append(sa.func.row_number().over(**window).label("rn"))
@@ -207,7 +224,8 @@ def _picked(
     pick = sa.func.max(order) if column.spec.fold == "last" else sa.func.min(order)
     # The value is evaluated beside this subquery: its names must not be ones a spec's
     # SQL expression could mean as the stream's own columns (k0, t, ...).
-    inner = [*((k, lbl) for k, lbl in zip(stream.key, labels)), (pick, "pick"), *(carried or [])]
+    keys = _key_outputs(stream)
+    inner = [*((k, lbl) for k, lbl in zip(keys, labels)), (pick, "pick"), *(carried or [])]
     picks = sa.select(*(e.label(f"drift_{lbl}") for e, lbl in inner))
     picks = picks.select_from(stream.table).group_by(*stream.key)
     if column.where is not None:
@@ -271,7 +289,7 @@ def build_folds(
     for index, column in enumerate(entity.columns):
         by_stream.setdefault(column.spec.stream, []).append((index, column))
     for position, (stream_name, columns) in enumerate(by_stream.items()):
-        stream = bound.streams[stream_name]
+        stream = bound.stream_for(entity, stream_name)
         aggregated = [(i, c) for i, c in columns if c.spec.fold not in ("first", "last")]
         windowed = [(i, c) for i, c in columns if c.spec.fold in ("first", "last")]
         lookup = _time_by_lookup(stream)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +22,13 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit.collation import (
+    Asked,
+    KeyCollation,
+    is_not_text,
+    key_collations,
+    stream_key_collations,
+)
 from audit.database import describe_db_error
 from audit.dialects import get_dialect
 from audit.errors import DatabaseError, DataError, SpecError, did_you_mean
@@ -45,6 +52,11 @@ class BoundStream:
     order_is_not_null: bool = False
     #: An index leads with the key columns: one key's rows are cheap to find.
     key_is_indexed: bool = False
+    #: As one entity reads it (:meth:`BoundSpec.stream_for`): which key parts are
+    #: grouped under the entity key's collation (``key`` holds them with their
+    #: COLLATE), and the key as the spec gives it. None when no part needs one.
+    key_collations: tuple[KeyCollation | None, ...] | None = None
+    spec_key: tuple[ColumnElement, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ class BoundEntity:
     key_columns: tuple[sa.Column, ...] | None  # when every key entry is a plain column
     columns: tuple[BoundColumn, ...]
     key_is_unique: bool
+    #: The streams whose keys this entity groups under its own key's collation (see
+    #: audit/collation.py), as it reads them; most entities have none.
+    keyed_streams: dict[str, BoundStream] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,11 @@ class BoundSpec:
     entities: dict[str, BoundEntity]
     job_logs: dict[str, BoundJobLog] = field(default_factory=dict)
     outboxes: dict[str, BoundOutbox] = field(default_factory=dict)
+
+    def stream_for(self, entity: BoundEntity, name: str) -> BoundStream:
+        """Stream ``name`` as ``entity`` reads it: its keys grouped, filtered and
+        matched under the entity key's collation where the two differ."""
+        return entity.keyed_streams.get(name) or self.streams[name]
 
 
 def bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
@@ -277,7 +297,60 @@ def _bind_spec(spec: Spec, conn: Connection) -> BoundSpec:
     )
     _check_expressions(bound, conn)
     _check_json(conn, dialect, json_columns.values())
-    return bound
+    return _with_keyed_streams(bound, conn, dialect.name)
+
+
+def _with_keyed_streams(bound: BoundSpec, conn: Connection, dialect: str) -> BoundSpec:
+    """Each entity with the streams it groups under its own key's collation (see
+    audit/collation.py). After the expressions are checked: the collations are asked
+    of the database, which would otherwise reject a bad key expression here. Only key
+    parts that may be text on both sides are asked about, all in one statement."""
+    pairs = [
+        (entity, bound.streams[name])
+        for entity in bound.entities.values()
+        for name in _streams_read(entity.spec)
+    ]
+    asked: dict[tuple[str, int], Asked] = {}
+    for entity, stream in pairs:
+        for i, (mine, theirs) in enumerate(zip(stream.key, entity.key)):
+            if not is_not_text(mine) and not is_not_text(theirs):
+                asked.setdefault((stream.spec.section, i), (stream.table, mine))
+                asked.setdefault((entity.spec.section, i), (entity.table, theirs))
+    if not asked:
+        return bound
+    found = dict(zip(asked, key_collations(conn, list(asked.values()))))
+
+    entities: dict[str, BoundEntity] = {}
+    for entity, read in pairs:
+        parts = stream_key_collations(
+            dialect,
+            read.spec.section,
+            [found.get((read.spec.section, i)) for i in range(len(read.key))],
+            entity.spec.section,
+            [found.get((entity.spec.section, i)) for i in range(len(entity.key))],
+        )
+        if parts is not None:
+            keyed = replace(
+                read,
+                key=tuple(k if p is None else p.group(k) for k, p in zip(read.key, parts)),
+                key_collations=parts,
+                spec_key=read.key,
+                key_is_indexed=False,  # an index on the key serves no COLLATE'd lookup
+            )
+            current = entities.get(entity.spec.name, entity)
+            streams = {**current.keyed_streams, read.spec.name: keyed}
+            entities[entity.spec.name] = replace(current, keyed_streams=streams)
+    if not entities:
+        return bound
+    return replace(bound, entities={**bound.entities, **entities})
+
+
+def _streams_read(entity: Entity) -> list[str]:
+    """The streams an entity's columns and their witnesses read."""
+    names = dict.fromkeys(entity.streams)
+    for column in entity.columns.values():
+        names.update(dict.fromkeys(w.stream for w in column.also))
+    return list(names)
 
 
 def _check_json(conn: Connection, dialect: Any, columns: Iterable[tuple[sa.Column, str]]) -> None:
