@@ -48,7 +48,7 @@ from remediate.plan import (
     spec_path,
 )
 from remediate.sql import FAMILY_TYPES, ScriptDialect, Step, get_script_dialect, step_statement
-from remediate.target import fingerprint, type_family
+from remediate.target import fingerprint, target_problem, type_family
 from remediate.verify import reaudit, targeted
 
 Progress = Callable[[str], None]
@@ -176,22 +176,12 @@ class _Run:
         live = fingerprint(self.conn, self.bound, self.url)
         self.conn.rollback()
         self.database = live["database"]
-        audited = self.plan.fingerprint
-        same = all(live[k] == audited[k] for k in ("dialect", "database", "schema_sha256"))
-        if same:
+        problem = target_problem(self.plan.fingerprint, live)
+        if problem is None:
             return
-        what = (
-            "schema of the audited tables differs"
-            if live["dialect"] == audited["dialect"] and live["database"] == audited["database"]
-            else f"audited {audited['dialect']} {audited['database']}, "
-            f"this is {live['dialect']} {live['database']}"
-        )
         if override is None:
-            raise RefusedError(
-                f"refused: the target is not the audited database ({what}); "
-                "pass --target-override REASON to apply anyway"
-            )
-        self.say(f"target override ({what}): {override}")
+            raise RefusedError(f"refused: {problem}; pass --target-override REASON to apply anyway")
+        self.say(f"target override ({problem}): {override}")
 
     # ----------------------------------------------------------------- running
 

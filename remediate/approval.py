@@ -1,11 +1,18 @@
-"""Approvals: a person's sign-off, bound to the SHA-256 of the plan's files.
+"""Approvals: a person's sign-off, bound to the SHA-256 of the files that decide what runs.
 
 ``plan/approvals.json`` holds ``{"approvals": [{"by", "at", "note",
-"plan_sha256", "for", "hmac"?}]}``; ``for`` is ``fix`` or ``rollback`` (a
-rollback needs its own approval). With ``DRIFT_APPROVAL_KEY`` set, each
-approval carries an HMAC-SHA256 over its hash, purpose, approver and time, and
+"plan_sha256", "for", "files", "hmac"?}]}``; ``for`` is ``fix`` or ``rollback`` (a
+rollback needs its own approval). ``plan_sha256`` binds plan.json, fix.sql,
+rollback.sql and the audit's target.json (:func:`remediate.plan.plan_sha256`);
+``files`` holds each file's own hash, only to name the file that changed when
+the plan no longer matches. With ``DRIFT_APPROVAL_KEY`` set, each approval
+carries an HMAC-SHA256 over its hash, purpose, approver and time, and
 :func:`check_approvals` rejects any approval that does not verify: write access
 to the folder is not enough to forge one.
+
+Approvals made before target.json was bound (their hash covers the plan's three
+files only) are refused with their own message: they never vouched for
+target.json, so whether it changed since cannot be told.
 """
 
 from __future__ import annotations
@@ -21,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import OutputError, PlanError, RefusedError
-from remediate.plan import APPROVALS, load_checked_plan, plan_dir, plan_sha256
+from remediate.plan import (
+    APPROVALS,
+    approved_files,
+    combined_sha256,
+    file_sha256s,
+    legacy_plan_sha256,
+    load_checked_plan,
+    plan_dir,
+    plan_sha256,
+)
 
 KEY_ENV = "DRIFT_APPROVAL_KEY"
 PURPOSES = ("fix", "rollback")
@@ -35,6 +51,7 @@ class Approval:
     plan_sha256: str
     purpose: str = "fix"
     hmac: str | None = None
+    files: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -44,6 +61,8 @@ class Approval:
             "plan_sha256": self.plan_sha256,
             "for": self.purpose,
         }
+        if self.files is not None:
+            data["files"] = dict(self.files)
         if self.hmac is not None:
             data["hmac"] = self.hmac
         return data
@@ -68,6 +87,7 @@ def read_approvals(plan: str | Path) -> list[Approval]:
                 plan_sha256=a["plan_sha256"],
                 purpose=a.get("for", "fix"),
                 hmac=a.get("hmac"),
+                files=_files(a.get("files")),
             )
             for a in data["approvals"]
         ]
@@ -83,12 +103,14 @@ def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "
         raise PlanError(f"unknown approval purpose {purpose!r}")
     folder = plan_dir(plan)
     load_checked_plan(folder)  # a malformed or inconsistent plan cannot be approved
+    hashes = file_sha256s(folder)
     approval = Approval(
         by=by.strip(),
         at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         note=note,
-        plan_sha256=plan_sha256(folder),
+        plan_sha256=plan_sha256(folder, hashes),
         purpose=purpose,
+        files=hashes,
     )
     key = os.environ.get(KEY_ENV)
     if key:
@@ -138,14 +160,71 @@ def check_approvals(
                 )
     valid = [a for a in approvals if a.plan_sha256 == current]
     if not valid:
-        raise RefusedError(
-            f"refused: the plan's files changed after approval (sha256 {current[:16]} "
-            f"was not approved); review the plan and approve it again"
-        )
+        raise RefusedError(_not_approved(folder, approvals, current))
     approvers = sorted({a.by for a in valid})
     if len(approvers) < require:
+        stale = _stale(folder, [a for a in approvals if a.by not in approvers])
         raise RefusedError(
             f"refused: the {what} needs {require} approver(s), it has {len(approvers)} "
-            f"({', '.join(approvers)})"
+            f"({', '.join(approvers)}){stale}"
         )
     return valid
+
+
+def _files(value: Any) -> dict[str, str] | None:
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return dict(value)
+    return None  # malformed: only the message that names a changed file does without it
+
+
+def _diagnosis(approval: Approval, hashes: dict[str, str]) -> tuple[str, list[str]]:
+    """Why an approval is not of the current files: ("legacy", []) for an approval made
+    before target.json was bound, ("changed", names) when its own file hashes (which must
+    add up to its plan_sha256) say which files changed, ("unknown", []) otherwise."""
+    if approval.plan_sha256 == legacy_plan_sha256(hashes):
+        return "legacy", []
+    files = approval.files
+    if (
+        files is not None
+        and list(files) == list(hashes)
+        and combined_sha256(files) == approval.plan_sha256
+    ):
+        return "changed", [name for name in hashes if files[name] != hashes[name]]
+    return "unknown", []
+
+
+def _not_approved(folder: Path, approvals: list[Approval], current: str) -> str:
+    hashes = file_sha256s(folder)
+    paths = approved_files(folder)
+    diagnoses = [(a, *_diagnosis(a, hashes)) for a in approvals]
+    legacy = [a for a, kind, _ in diagnoses if kind == "legacy"]
+    if legacy:
+        return (
+            f"refused: the approval by {legacy[-1].by} was made by an older drift and does not "
+            "cover target.json; review the plan and approve it again"
+        )
+    changed = [names for _, kind, names in diagnoses if kind == "changed" and names]
+    which = f"{', '.join(str(paths[n]) for n in changed[-1])} changed; " if changed else ""
+    return (
+        f"refused: the plan's files changed after approval ({which}sha256 {current[:16]} "
+        "was not approved); review the plan and approve it again"
+    )
+
+
+def _stale(folder: Path, approvals: list[Approval]) -> str:
+    """Why the approvals that do not count do not (for the too-few-approvers refusal)."""
+    if not approvals:
+        return ""
+    hashes = file_sha256s(folder)
+    notes = []
+    for a in approvals:
+        kind, names = _diagnosis(a, hashes)
+        if kind == "legacy":
+            notes.append(f"{a.by}'s was made by an older drift and does not cover target.json")
+        elif names:
+            notes.append(f"{a.by}'s was for other files ({', '.join(names)} changed since)")
+        else:
+            notes.append(f"{a.by}'s was for other files")
+    return "; not counted: " + "; ".join(dict.fromkeys(notes))

@@ -50,7 +50,7 @@ from audit.findings import (
 from audit.output import FINDINGS, SPEC_COPY, read_summary
 from audit.templating import sql_environment
 from remediate.sql import ScriptDialect, Step, get_script_dialect, offline_table
-from remediate.target import FAMILIES, read_target
+from remediate.target import FAMILIES, TARGET, read_target
 
 PLAN_DIR = "plan"
 PLAN_JSON = "plan.json"
@@ -774,17 +774,48 @@ def _edited(folder: Path, action: Action, what: str) -> PlanError:
     )
 
 
-def plan_sha256(path: str | Path) -> str:
-    """SHA-256 binding the plan's files (plan.json, fix.sql, rollback.sql)."""
+def approved_files(path: str | Path) -> dict[str, Path]:
+    """The files an approval binds, by the name its hash gives them: the plan's three
+    files and the audit's ``target.json`` (the columns and fingerprint the plan was
+    written from and its statements are checked against)."""
     folder = plan_dir(path)
-    digest = hashlib.sha256()
-    for name in PLAN_FILES:
+    return {name: folder / name for name in PLAN_FILES} | {TARGET: folder.parent / TARGET}
+
+
+def file_sha256s(path: str | Path) -> dict[str, str]:
+    """SHA-256 of each of :func:`approved_files`, in that order."""
+    hashes: dict[str, str] = {}
+    for name, file in approved_files(path).items():
         try:
-            data = (folder / name).read_bytes()
+            data = file.read_bytes()
         except FileNotFoundError:
-            raise PlanError(f"{folder} is incomplete: {name} is missing") from None
-        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+            raise PlanError(f"{file.parent} is incomplete: {name} is missing") from None
+        except OSError as exc:
+            raise PlanError(f"{file} is unreadable: {exc.strerror}") from None
+        hashes[name] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def combined_sha256(hashes: Mapping[str, str]) -> str:
+    """One SHA-256 over named file hashes (the plan's hash, see :func:`plan_sha256`)."""
+    digest = hashlib.sha256()
+    for name, sha in hashes.items():
+        digest.update(f"{name}\0{sha}\n".encode())
     return digest.hexdigest()
+
+
+def plan_sha256(path: str | Path, hashes: Mapping[str, str] | None = None) -> str:
+    """SHA-256 binding the approved files (plan.json, fix.sql, rollback.sql, target.json).
+
+    Before target.json was bound, the hash covered the first three alone
+    (:func:`legacy_plan_sha256`); the two can never be equal.
+    """
+    return combined_sha256(file_sha256s(path) if hashes is None else hashes)
+
+
+def legacy_plan_sha256(hashes: Mapping[str, str]) -> str:
+    """The hash approvals made before target.json was bound carry."""
+    return combined_sha256({name: hashes[name] for name in PLAN_FILES})
 
 
 def spec_path(path: str | Path) -> Path:

@@ -1,0 +1,241 @@
+"""The target check tells servers apart: a plan audited on one server is refused on another
+whose database has the same name and schema (staging and production)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+import remediate.target
+from drift import demo
+from drift.cli import main
+from remediate.approval import approve
+from remediate.plan import PlanOptions, build_plan, write_plan
+from remediate.target import server_identity
+from tests.remediation_helpers import audited_shop, table_state
+
+TABLES = ("inventory", "orders", "drift_remediation_log")
+OVERRIDE = "; pass --target-override REASON to apply anyway\n"
+
+
+def _identity(url: str) -> tuple[str | None, str | None]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            found = server_identity(conn)
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1  # the transaction still works
+            return found
+    finally:
+        engine.dispose()
+
+
+def _replan(audit: Path, **fingerprint: object) -> None:
+    """Plan again as if the audit had recorded ``fingerprint`` (None removes a key)."""
+    path = audit / "target.json"
+    target = json.loads(path.read_text())
+    for key, value in fingerprint.items():
+        if value is None:
+            target["fingerprint"].pop(key, None)
+        else:
+            target["fingerprint"][key] = value
+    path.write_text(json.dumps(target))
+    write_plan(audit, build_plan(audit, PlanOptions(delete_orphans=True)))
+
+
+def _refused(backend, capsys, audit: Path, *args: str) -> str:
+    before = table_state(backend, *TABLES)
+    capsys.readouterr()
+    assert main(["apply", str(audit), "--db", backend.url, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drift: refused: ") and err.count("\n") == 1, err
+    assert table_state(backend, *TABLES) == before
+    return err
+
+
+def test_a_database_file_replaced_at_the_audited_path_is_refused(sqlite_backend, tmp_path, capsys):
+    """Same path, same schema, another file (another machine's shop.db at the same path, a
+    restored copy): before, only the path was compared."""
+    backend = sqlite_backend
+    audit = audited_shop(backend, tmp_path)
+    approve(audit, "alice")
+    path = Path(make_url(backend.url).database or "")
+    audited = server_identity_of(backend.url)
+    os.replace(path, tmp_path / "audited.db")
+    shutil.copyfile(tmp_path / "audited.db", path)  # a new file: another inode
+    backend.engine.dispose()  # its pooled connections still have the audited file open
+    live = server_identity_of(backend.url)
+    assert live != audited
+    assert _refused(backend, capsys, audit) == (
+        f"drift: refused: the target is not the audited server (audited {audited}, "
+        f"this is {live})" + OVERRIDE
+    )
+    assert main(["apply", str(audit), "--db", backend.url, "--target-override", "restored"]) == 0
+    assert backend.scalar("SELECT target_override FROM drift_remediation_log") == "restored"
+
+
+def server_identity_of(url: str) -> str:
+    found, note = _identity(url)
+    assert found is not None, note
+    return found
+
+
+def test_the_audited_file_reached_through_a_symlink_is_the_same_server(sqlite_backend, tmp_path):
+    backend = sqlite_backend
+    audit = audited_shop(backend, tmp_path)
+    approve(audit, "alice")
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    (alias / "shop.db").symlink_to(make_url(backend.url).database or "")
+    assert main(["-q", "apply", str(audit), "--db", f"sqlite:///{alias / 'shop.db'}"]) == 0
+
+
+def test_the_server_identity_is_the_same_whatever_address_reaches_it(server_backend):
+    """Host name, IP address or Unix socket: the server's own identity, not the address."""
+    url = make_url(server_backend.url)
+    urls = [url, url.set(host="localhost")]
+    socket = "/var/run/postgresql" if server_backend.name == "postgresql" else None
+    if server_backend.name == "postgresql" and Path(socket or "").is_dir():
+        urls.append(url.set(host=None).update_query_dict({"host": socket}))
+    if server_backend.name == "mysql" and Path("/run/mysqld/mysqld.sock").exists():
+        urls.append(url.update_query_dict({"unix_socket": "/run/mysqld/mysqld.sock"}))
+    found = {server_identity_of(u.render_as_string(hide_password=False)) for u in urls}
+    assert len(found) == 1
+    (identity,) = found
+    if server_backend.name == "postgresql":
+        system = server_backend.scalar("SELECT system_identifier FROM pg_control_system()")
+        assert identity == f"postgresql system {system}"
+    else:
+        hostname = server_backend.scalar("SELECT @@hostname")
+        uid = server_backend.scalar("SELECT @@server_uid")
+        port = server_backend.scalar("SELECT @@port")
+        assert identity == f"mariadb {hostname}:{port} server_uid {uid}"
+
+
+def test_a_postgresql_role_without_superuser_reads_the_identity(tmp_path):
+    from tests.conftest import POSTGRES_URL, require_server
+
+    require_server("postgresql")
+    role = f"drift_role_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+        try:
+            as_role = make_url(POSTGRES_URL).set(username=role)
+            assert _identity(as_role.render_as_string(hide_password=False)) == _identity(
+                POSTGRES_URL
+            )
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
+    finally:
+        admin.dispose()
+
+
+def test_a_plan_audited_on_another_server_is_refused(backend, tmp_path, capsys):
+    """Another server with the same database name and schema (a staging server whose plan is
+    applied to production): passed the target check before, and the fix landed there."""
+    audit = audited_shop(backend, tmp_path)
+    live = server_identity_of(backend.url)
+    other = live.replace(live.split()[-1], "9" * len(live.split()[-1]))
+    _replan(audit, server=other)
+    approve(audit, "alice")
+    assert _refused(backend, capsys, audit) == (
+        f"drift: refused: the target is not the audited server (audited {other}, "
+        f"this is {live})" + OVERRIDE
+    )
+    assert main(["-q", "apply", str(audit), "--db", backend.url, "--target-override", "x"]) == 0
+
+
+@pytest.mark.parametrize("case", ["live unreadable", "audit unreadable", "older plan"])
+def test_a_server_identity_that_cannot_be_read_is_refused_saying_why(
+    sqlite_backend, tmp_path, capsys, monkeypatch, case
+):
+    backend = sqlite_backend
+    audit = audited_shop(backend, tmp_path)
+    denied = "role app may not call pg_control_system()"
+    if case == "live unreadable":
+        monkeypatch.setattr(remediate.target, "server_identity", lambda _conn: (None, denied))
+        why = f"this server's identity is unreadable: {denied}"
+    elif case == "audit unreadable":
+        target = json.loads((audit / "target.json").read_text())
+        target["fingerprint"] |= {"server": None, "server_note": denied}
+        (audit / "target.json").write_text(json.dumps(target))
+        write_plan(audit, build_plan(audit, PlanOptions(delete_orphans=True)))
+        why = f"the audit could not read the server's identity: {denied}"
+    else:
+        _replan(audit, server=None)  # a target.json written before the server was recorded
+        why = "the plan was made by an older drift, which did not record it; audit again"
+    approve(audit, "alice")
+    assert _refused(backend, capsys, audit) == (
+        f"drift: refused: cannot tell whether the target is the audited server ({why})" + OVERRIDE
+    )
+    assert main(["-q", "apply", str(audit), "--db", backend.url, "--target-override", "x"]) == 0
+
+
+def test_the_audit_records_the_server_identity(backend, tmp_path):
+    audit = audited_shop(backend, tmp_path)
+    target = json.loads((audit / "target.json").read_text())
+    plan = json.loads((audit / "plan" / "plan.json").read_text())
+    assert target["fingerprint"]["server"] == server_identity_of(backend.url)
+    assert "server_note" not in target["fingerprint"]
+    assert plan["fingerprint"] == target["fingerprint"]
+
+
+SECOND_POSTGRES_URL = os.environ.get("DRIFT_TEST_SECOND_POSTGRES_URL")
+
+
+@pytest.mark.skipif(
+    not SECOND_POSTGRES_URL, reason="DRIFT_TEST_SECOND_POSTGRES_URL (a second cluster) not set"
+)
+def test_two_postgresql_servers_with_the_same_database_and_schema(tmp_path, capsys):
+    """Real staging and production: the same schema name in the same database name on two
+    clusters. The plan audited on the second is refused on the first."""
+    from tests.conftest import POSTGRES_URL, require_server
+
+    require_server("postgresql")
+    assert SECOND_POSTGRES_URL
+    schema = f"drift_twin_{uuid.uuid4().hex[:10]}"
+    urls = []
+    for base in (POSTGRES_URL, SECOND_POSTGRES_URL):
+        url = make_url(base)
+        admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            if not conn.exec_driver_sql(
+                "SELECT 1 FROM pg_database WHERE datname = %(n)s", {"n": url.database}
+            ).scalar():
+                conn.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
+        admin.dispose()
+        scoped = url.update_query_dict({"options": f"-csearch_path={schema}"})
+        urls.append(scoped.render_as_string(hide_password=False))
+        engine = sa.create_engine(scoped)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+            demo.metadata.create_all(conn)
+            demo.build_shop(conn)
+        engine.dispose()
+    production, staging = urls
+    try:
+        spec = tmp_path / "drift.toml"
+        spec.write_text(demo.SPEC.replace('url = "sqlite:///shop.db"', f'url = "{staging}"'))
+        audit = tmp_path / "audit"
+        assert main(["-q", "audit", "-c", str(spec), "-o", str(audit)]) == 1
+        assert main(["-q", "approve", str(audit), "--by", "alice"]) == 0
+        capsys.readouterr()
+        assert main(["-q", "apply", str(audit), "--db", production]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("drift: refused: the target is not the audited server (audited "), err
+        assert main(["-q", "apply", str(audit), "--db", staging]) == 0
+    finally:
+        for url in urls:
+            engine = sa.create_engine(url)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+            engine.dispose()
