@@ -3,10 +3,15 @@ whose database has the same name and schema (staging and production)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,7 @@ from drift.cli import main
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
 from remediate.target import server_identity
+from tests.conftest import REQUIRE_SERVERS
 from tests.remediation_helpers import audited_shop, table_state
 
 TABLES = ("inventory", "orders", "drift_remediation_log")
@@ -189,22 +195,80 @@ def test_the_audit_records_the_server_identity(backend, tmp_path):
     assert plan["fingerprint"] == target["fingerprint"]
 
 
-SECOND_POSTGRES_URL = os.environ.get("DRIFT_TEST_SECOND_POSTGRES_URL")
+def _postgres_bin() -> Path | None:
+    """The folder of the local PostgreSQL's initdb and pg_ctl (Debian keeps them off PATH)."""
+    found = shutil.which("pg_config")
+    if found:
+        folder = Path(
+            subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip()
+        )
+        if (folder / "initdb").exists():
+            return folder
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
 
 
-@pytest.mark.skipif(
-    not SECOND_POSTGRES_URL, reason="DRIFT_TEST_SECOND_POSTGRES_URL (a second cluster) not set"
-)
-def test_two_postgresql_servers_with_the_same_database_and_schema(tmp_path, capsys):
+@pytest.fixture
+def second_postgres() -> Iterator[str]:
+    """A second PostgreSQL cluster of its own (initdb, on a free port, trust auth), stopped
+    and removed afterwards; ``DRIFT_TEST_SECOND_POSTGRES_URL`` names one instead."""
+    given = os.environ.get("DRIFT_TEST_SECOND_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    folder = _postgres_bin()
+    if folder is None:
+        problem = "no initdb/pg_ctl to start a second PostgreSQL cluster"
+        if REQUIRE_SERVERS:
+            pytest.fail(f"DRIFT_REQUIRE_SERVERS=1 but {problem}")
+        pytest.skip(problem)
+    # initdb refuses to run as root: the cluster then belongs to the postgres user.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="drift-second-pg-"))
+    if as_user:
+        shutil.chown(home, "postgres")
+    data = home / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    try:
+        run(
+            [
+                *as_user,
+                str(folder / "initdb"),
+                "-N",
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-D",
+                str(data),
+            ]
+        )
+        options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+        pg_ctl = [*as_user, str(folder / "pg_ctl"), "-D", str(data)]
+        try:
+            # The server's output goes to a log file: inherited pipes would never close.
+            run([*pg_ctl, "-o", options, "-l", str(home / "server.log"), "-w", "start"])
+            yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
+        finally:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_postgresql_servers_with_the_same_database_and_schema(
+    tmp_path, capsys, second_postgres
+):
     """Real staging and production: the same schema name in the same database name on two
     clusters. The plan audited on the second is refused on the first."""
     from tests.conftest import POSTGRES_URL, require_server
 
     require_server("postgresql")
-    assert SECOND_POSTGRES_URL
     schema = f"drift_twin_{uuid.uuid4().hex[:10]}"
     urls = []
-    for base in (POSTGRES_URL, SECOND_POSTGRES_URL):
+    for base in (POSTGRES_URL, second_postgres):
         url = make_url(base)
         admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
