@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
 
+from audit.dialects import get_dialect
 from audit.errors import AuditFolderError, OutputError
 from audit.findings import ORPHAN_ROW, from_json, read_findings, to_json
 from audit.rebuild import key_filter_clause
@@ -130,6 +131,7 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
             "key_is_unique": entity.key_is_unique,
         }
     wanted: dict[str, list[str]] = {}
+    dialect = get_dialect(conn.dialect.name)
     findings = folder / "findings.parquet"
     if findings.is_file():
         for finding in read_findings(findings):
@@ -140,9 +142,12 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
         if entity.key_columns is None:
             continue
         found: dict[str, Any] = {}
+        # Read exactly: the delete's guard compares each value (a MariaDB FLOAT reads
+        # rounded to 6 digits otherwise, and never matches).
+        columns = [dialect.exactly(c).label(c.name) for c in entity.table.columns]
         for start in range(0, len(keys), 1000):
             chunk = [tuple(from_json(k)) for k in keys[start : start + 1000]]
-            query = sa.select(entity.table).where(key_filter_clause(entity.key, chunk))
+            query = sa.select(*columns).where(key_filter_clause(entity.key, chunk))
             for row in conn.execute(query):
                 values = dict(row._mapping)
                 key = "[" + ",".join(to_json(values[c.name]) for c in entity.key_columns) + "]"
