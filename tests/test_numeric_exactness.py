@@ -13,14 +13,16 @@ import json
 from decimal import Decimal
 
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 
-from audit import run_audit
+from audit import parse_spec, run_audit
 from remediate.apply import apply_plan, rollback_plan
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
+from remediate.sql import Step, get_script_dialect, offline_table, step_statement
 from tests.remediation_helpers import findings, run_client
-from tests.test_remediate_literals import _audited, _ok
+from tests.test_remediate_literals import _audited, _ok, _spec
 
 SINGLE = {"postgresql": "REAL", "mysql": "FLOAT"}
 DOUBLE = {"postgresql": "DOUBLE PRECISION", "mysql": "DOUBLE", "sqlite": "REAL"}
@@ -99,3 +101,163 @@ def test_mariadb_single_floats_are_read_exactly(tmp_path):
         _fix_and_roll_back_both_ways(backend, tmp_path, spec, audit, "hi", fixed)
     finally:
         next(gen, None)
+
+
+def test_single_precision_columns_are_compared_in_their_own_type(server_backend, tmp_path):
+    """The application stores a double into a real column: the row is right when the
+    rebuilt value, rounded to the column's precision, is what it holds (0.1 + 0.2 in a
+    real column is 0.3). A drifted one is fixed to exactly that rounding, by delta too:
+    the value read must be the column's exact value (123456.79 in a real column is
+    123456.7890625; the correction computed from 123456.79 landed on 0.0990625, not 0.1)."""
+    single = SINGLE[server_backend.name]
+    spec, audit = _audited(
+        server_backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, "
+            f"v {DOUBLE[server_backend.name]} NOT NULL)",
+            f"CREATE TABLE ent (k INTEGER PRIMARY KEY, tot {single}, hi {single})",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, 0.1), (2, 2, 0.1), (3, 2, 0.2), (4, 3, 0.1)",
+            # Keys 1 and 2 hold their rebuilt values, rounded to single precision.
+            "INSERT INTO ent VALUES (1, 0.1, 0.1), (2, 0.3, 0.2), (3, 123456.79, 123456.79)",
+        ],
+        {"tot": ("sum", "v"), "hi": ("last", "v")},
+    )
+    result = run_audit(spec, out=tmp_path / "again", write_report=False)
+    found = _found(result)
+    assert set(found) == {("[3]", "tot"), ("[3]", "hi")}
+    assert found["[3]", "tot"]["actual"] == "123456.7890625"
+    point_one = float(Decimal("0.100000001490116119384765625"))  # real 0.1
+    fixed = {1: (point_one, point_one), 2: (0.30000001192092896, 0.20000000298023224)}
+    fixed[3] = (point_one, point_one)
+    _fix_and_roll_back_both_ways(server_backend, tmp_path, spec, audit, "tot,hi", fixed)
+
+
+# --------------------------------------------------------------------------- small integers
+
+
+def test_corrections_wider_than_the_column_apply(backend, tmp_path):
+    """A correction of -40000 to a smallint holding 30000 lands on -10000: the sum is
+    computed in a wider type and only the result assigned to the column (drift apply's
+    corrections went into a SMALLINT copy of the column: "smallint out of range")."""
+    spec, audit = _audited(
+        backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, amt BIGINT NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, s SMALLINT NOT NULL, i INTEGER NOT NULL)",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, -10000), (2, 2, 32767)",
+            "INSERT INTO ent VALUES (1, 30000, 2000000000), (2, -32768, -2147483648)",
+        ],
+        {"s": ("sum", "amt"), "i": ("sum", "amt")},
+    )
+    original = _plain_rows(backend)
+    _ok(run_client(backend, audit / "plan" / "fix.sql"))
+    assert _plain_rows(backend) == {1: (-10000, -10000), 2: (32767, 32767)}
+    assert findings(spec, backend, tmp_path, "fixed") == set()
+    _ok(run_client(backend, audit / "plan" / "rollback.sql"))
+    assert _plain_rows(backend) == original
+
+    write_plan(audit, build_plan(audit))
+    approve(audit, "alice")
+    assert apply_plan(audit, backend.url).rows_changed == 4
+    assert _plain_rows(backend) == {1: (-10000, -10000), 2: (32767, 32767)}
+    approve(audit, "bob", purpose="rollback")
+    assert rollback_plan(audit, backend.url).rows_changed == 4
+    assert _plain_rows(backend) == original
+
+
+def test_a_result_out_of_the_columns_range_is_refused(server_backend, tmp_path):
+    """The wider arithmetic never wraps: a result a smallint cannot hold is refused."""
+    spec, audit = _audited(
+        server_backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, amt INTEGER NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, s SMALLINT NOT NULL, i INTEGER NOT NULL)",
+        ],
+        ["INSERT INTO ev VALUES (1, 1, 40000)", "INSERT INTO ent VALUES (1, 30000, 0)"],
+        {"s": ("sum", "amt"), "i": ("sum", "amt")},
+    )
+    original = _plain_rows(server_backend)
+    result = run_client(server_backend, audit / "plan" / "fix.sql")
+    assert result.returncode != 0
+    assert b"range" in result.stdout + result.stderr
+    assert _plain_rows(server_backend) == original
+    approve(audit, "alice")
+    with pytest.raises(Exception, match="range"):
+        apply_plan(audit, server_backend.url)
+    assert _plain_rows(server_backend) == original
+
+
+def _plain_rows(backend) -> dict[object, tuple]:
+    with backend.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM ent ORDER BY k")).all()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+# --------------------------------------------------------------------------- float keys
+
+
+@pytest.mark.parametrize(
+    ("name", "type_text", "guard"),
+    [
+        ("postgresql", "REAL", "ent.k = CAST(0.1 AS REAL)"),
+        ("postgresql", "DOUBLE PRECISION", "ent.k = 0.1"),
+        ("mysql", "FLOAT", "ent.k = CAST(0.1 AS FLOAT)"),
+        ("sqlite", "REAL", "ent.k = 0.1"),
+    ],
+)
+def test_single_precision_keys_are_cast_in_guards(name, type_text, guard):
+    script = get_script_dialect(name)
+    table = offline_table(
+        {
+            "name": "ent",
+            "columns": [
+                {"name": "k", "family": "float", "type": type_text, "nullable": False},
+                {"name": "n", "family": "integer", "nullable": True},
+            ],
+        }
+    )
+    step = Step(1, "ent", (Decimal("0.1"),), "delta", "n", value=2)
+    expected = f"UPDATE ent SET n=(ent.n + 2) WHERE {guard}"
+    assert script.compile(step_statement(step, table, ["k"], script)) == expected
+    assert script.compile_step(step, table, ["k"]) == expected
+
+
+def test_single_precision_keys_match(server_backend, tmp_path):
+    single = SINGLE[server_backend.name]
+    backend = server_backend
+    for statement in [
+        f"CREATE TABLE ev (id INTEGER PRIMARY KEY, k {single} NOT NULL)",
+        f"CREATE TABLE ent (k {single} PRIMARY KEY, n INTEGER NOT NULL)",
+        "INSERT INTO ev VALUES (1, 0.1), (2, 0.1), (3, 123456.79)",
+        "INSERT INTO ent VALUES (0.1, 5), (123456.79, 0)",
+    ]:
+        backend.execute(statement)
+    spec = parse_spec(_spec(backend, {"n": ("count", None)}))
+    audit = tmp_path / "audit"
+    run_audit(spec, out=audit, write_report=False)
+    write_plan(audit, build_plan(audit))
+    _ok(run_client(backend, audit / "plan" / "fix.sql"))
+    assert sorted(_plain_rows(backend).values()) == [(1,), (2,)]
+    assert findings(spec, backend, tmp_path, "fixed") == set()
+    _ok(run_client(backend, audit / "plan" / "rollback.sql"))
+    assert sorted(_plain_rows(backend).values()) == [(0,), (5,)]
+    write_plan(audit, build_plan(audit))
+    approve(audit, "alice")
+    assert apply_plan(audit, backend.url).rows_changed == 2
+    assert sorted(_plain_rows(backend).values()) == [(1,), (2,)]
+
+    # A key written as 0.1 (not as the real's exact 0.100000001490116...) matches too.
+    script = get_script_dialect(backend.name)
+    with backend.engine.connect() as conn:
+        table = sa.Table("ent", sa.MetaData(), autoload_with=conn)
+        step = Step(1, "ent", (Decimal("0.1"),), "delta", "n", value=40)
+        sql = script.compile(step_statement(step, table, ["k"], script))
+        assert conn.exec_driver_sql(sql).rowcount == 1
+        conn.rollback()
