@@ -682,8 +682,11 @@ class MySQLScript(ScriptDialect):
 
     def prologue(self, history: bool = True) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
+        # Strict: without it a result out of the column's range (30000 + 10000 in a
+        # SMALLINT) is clipped to the limit with a warning instead of refused.
         return [
-            "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '');",
+            "SET SESSION sql_mode = CONCAT(REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', "
+            "''), ',STRICT_ALL_TABLES');",
             "SET NAMES utf8mb4;",
             *super().prologue(history),
         ]

@@ -188,6 +188,14 @@ def test_a_result_out_of_the_columns_range_is_refused(server_backend, tmp_path):
     assert result.returncode != 0
     assert b"range" in result.stdout + result.stderr
     assert _plain_rows(server_backend) == original
+    if server_backend.name == "mysql":
+        # A server whose sql_mode is not strict clipped the result to 32767, silently.
+        lax = tmp_path / "lax.sql"
+        lax.write_bytes(b"SET SESSION sql_mode = '';\n" + (audit / "plan" / "fix.sql").read_bytes())
+        result = run_client(server_backend, lax)
+        assert result.returncode != 0
+        assert b"range" in result.stdout + result.stderr
+        assert _plain_rows(server_backend) == original
     approve(audit, "alice")
     with pytest.raises(Exception, match="range"):
         apply_plan(audit, server_backend.url)
@@ -261,3 +269,34 @@ def test_single_precision_keys_match(server_backend, tmp_path):
         sql = script.compile(step_statement(step, table, ["k"], script))
         assert conn.exec_driver_sql(sql).rowcount == 1
         conn.rollback()
+
+
+def test_sqlite_corrections_beyond_64_bits_are_set_not_added(sqlite_backend, tmp_path):
+    """SQLite reads an integer literal beyond 64 bits as a REAL: ``b + 18000000000000000001``
+    was computed in floating point and stored 9000000000000000000, silently. Such a
+    correction is planned as cas (the exact value), never as a delta."""
+    backend = sqlite_backend
+    spec, audit = _audited(
+        backend,
+        tmp_path,
+        [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, amt INTEGER NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, b INTEGER NOT NULL)",
+        ],
+        [
+            "INSERT INTO ev VALUES (1, 1, 9000000000000000001), (2, 2, 5)",
+            "INSERT INTO ent VALUES (1, -9000000000000000000), (2, 3)",
+        ],
+        {"b": ("sum", "amt")},
+    )
+    modes = [a["mode"] for a in json.loads((audit / "plan" / "plan.json").read_text())["actions"]]
+    assert modes == ["cas", "delta"]
+    original = _plain_rows(backend)
+    _ok(run_client(backend, audit / "plan" / "fix.sql"))
+    assert _plain_rows(backend) == {1: (9000000000000000001,), 2: (5,)}
+    _ok(run_client(backend, audit / "plan" / "rollback.sql"))
+    assert _plain_rows(backend) == original
+    write_plan(audit, build_plan(audit))
+    approve(audit, "alice")
+    assert apply_plan(audit, backend.url).rows_changed == 2
+    assert _plain_rows(backend) == {1: (9000000000000000001,), 2: (5,)}
