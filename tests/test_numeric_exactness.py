@@ -99,6 +99,13 @@ def test_mariadb_single_floats_are_read_exactly(tmp_path):
         assert [json.loads(r["row"])["v"] for r in evidence if r["key"] == "[1]"] == [1234567.0]
         fixed = {1: (1234567.0,), 2: (float(Decimal("0.100000001490116119384765625")),)}
         _fix_and_roll_back_both_ways(backend, tmp_path, spec, audit, "hi", fixed)
+        # drift apply's history holds the values before and after exactly too.
+        with backend.engine.connect() as conn:
+            history = conn.exec_driver_sql(
+                "SELECT before_value, after_value FROM drift_remediation_rows "
+                "WHERE operation = 'fix' AND row_key = '[1]'"
+            ).all()
+        assert [tuple(row) for row in history] == [("1234568.0", "1234567.0")]
     finally:
         next(gen, None)
 
