@@ -307,3 +307,32 @@ def test_sqlite_corrections_beyond_64_bits_are_set_not_added(sqlite_backend, tmp
     approve(audit, "alice")
     assert apply_plan(audit, backend.url).rows_changed == 2
     assert _plain_rows(backend) == {1: (9000000000000000001,), 2: (5,)}
+
+
+def test_mariadb_single_float_witnesses_are_read_exactly(tmp_path):
+    """A witness disagreement between two FLOAT rebuilds was shown as 1234570 vs 1234570."""
+    from tests.conftest import make_backend
+
+    gen = make_backend("mysql", tmp_path)
+    backend = next(gen)
+    try:
+        for statement in [
+            "CREATE TABLE ev (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v FLOAT NOT NULL)",
+            "CREATE TABLE ann (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, w FLOAT NOT NULL)",
+            "CREATE TABLE ent (k INTEGER PRIMARY KEY, hi FLOAT)",
+            "INSERT INTO ev VALUES (1, 1, 1234567)",
+            "INSERT INTO ann VALUES (1, 1, 1234568)",
+            "INSERT INTO ent VALUES (1, 1234567)",
+        ]:
+            backend.execute(statement)
+        text = _spec(backend, {"hi": ("last", "v")}) + (
+            'also = [{ stream = "ann", fold = "last", value = "w" }]\n'
+            '[streams.ann]\ntable = "ann"\nkey = ["k"]\norder_by = ["id"]\n'
+        )
+        result = run_audit(parse_spec(text), out=tmp_path / "a", write_report=False)
+        found = pq.read_table(result.findings_path).to_pylist()
+        assert [(r["kind"], r["expected"], r["actual"]) for r in found] == [
+            ("witness_disagreement", "1234567.0", "1234568.0")
+        ]
+    finally:
+        next(gen, None)
