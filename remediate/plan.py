@@ -319,6 +319,7 @@ def _plan_finding(
         elif (
             mode == "delta"
             and target["fingerprint"]["dialect"] == "sqlite"
+            and column["family"] == "integer"
             and abs(_number(expected) - _number(actual)) > _INT64_MAX
         ):
             # SQLite reads an integer literal beyond 64 bits as a REAL, and the sum
