@@ -84,6 +84,27 @@ class Dialect:
         """Null-safe 'a and b are not the same value'; exact for text."""
         return a.is_distinct_from(b)
 
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        """True for this database's single-precision float type (none on SQLite)."""
+        return False
+
+    def exactly(self, expr: ColumnElement, single: bool | None = None) -> ColumnElement:
+        """``expr`` as a value the driver reads exactly: a single-precision value (by its
+        type, or ``single``) as a double. MariaDB sends a FLOAT as text with 6 significant
+        digits (1234568 read as 1234570), PostgreSQL a ``real`` as the shortest text that
+        rounds back to it (0.1, for 0.100000001490116...), so a correction computed from
+        it is off. Only in select lists: comparisons use the value itself."""
+        if single is None:
+            single = self.single_float(expr.type)
+        return _as_double(expr) if single else expr
+
+    def in_column_type(self, type_: sa.types.TypeEngine, expr: ColumnElement) -> ColumnElement:
+        """``expr`` rounded as storing it in a column of type ``type_`` would round it:
+        cast to single precision for a single-precision column (unless it is one)."""
+        if self.single_float(type_) and not self.single_float(expr.type):
+            return _single_float(expr)
+        return expr
+
     def non_numeric(self, value: ColumnElement) -> ColumnElement | None:
         """True for a value a sum would silently treat as 0; None when the engine
         itself rejects such sums (or offers no way to tell)."""
@@ -156,6 +177,9 @@ class PostgresDialect(Dialect):
             # first: an enum or a domain takes no COLLATE, and citext ignores it.
             a, b = _c_text(a), _c_text(b)
         return a.is_distinct_from(b)
+
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        return isinstance(type_, sa.REAL)
 
     def row_estimate(self, conn: Connection, table: sa.Table) -> int | None:
         # reltuples: kept by VACUUM, ANALYZE and autovacuum; -1 before the first of them.
@@ -280,6 +304,11 @@ class MySQLDialect(Dialect):
             a, b = _mysql_bytes(a), _mysql_bytes(b)
         return sa.not_(a.op("<=>", is_comparison=True)(b))
 
+    def single_float(self, type_: sa.types.TypeEngine) -> bool:
+        # FLOAT(p) with p > 24 is a DOUBLE in the catalog, and REAL too (unless the
+        # sql_mode has REAL_AS_FLOAT, when the catalog says FLOAT).
+        return isinstance(type_, sa.FLOAT)
+
     def json_invalid(self, column: ColumnElement) -> ColumnElement | None:
         # JSON_EXTRACT reads malformed JSON as NULL, silently.
         return sa.and_(column.is_not(None), sa.func.json_valid(column) == 0)
@@ -318,6 +347,64 @@ class _utf8mb4_bytes(FunctionElement):  # noqa: N801 - a SQL function
 def _compile_utf8mb4_bytes(element, compiler, **kw):  # type: ignore[no-untyped-def]
     (arg,) = list(element.clauses)
     return f"CAST(CONVERT({compiler.process(arg, **kw)} USING utf8mb4) AS BINARY)"
+
+
+class _single_float(FunctionElement):  # noqa: N801 - a SQL function
+    """A value cast to single precision; the value itself elsewhere (SQLite has none).
+
+    SQLAlchemy's own CAST to FLOAT on MariaDB is skipped (with a warning) unless the
+    connected server is MySQL 8.0.17 or later; MariaDB takes it since 10.4.5.
+    """
+
+    inherit_cache = True
+    type = sa.Float()
+    name = "single_float"
+
+
+@compiles(_single_float)
+def _compile_single_float(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return compiler.process(arg, **kw)
+
+
+@compiles(_single_float, "postgresql")
+def _compile_single_float_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS REAL)"
+
+
+@compiles(_single_float, "mysql")
+@compiles(_single_float, "mariadb")
+def _compile_single_float_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS FLOAT)"
+
+
+class _as_double(FunctionElement):  # noqa: N801 - a SQL function
+    """A (single-precision) value as a double, which holds it exactly (see Dialect.exactly)."""
+
+    inherit_cache = True
+    type = sa.Float()
+    name = "as_double"
+
+
+@compiles(_as_double)
+def _compile_as_double(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return compiler.process(arg, **kw)
+
+
+@compiles(_as_double, "postgresql")
+def _compile_as_double_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS DOUBLE PRECISION)"
+
+
+@compiles(_as_double, "mysql")
+@compiles(_as_double, "mariadb")
+def _compile_as_double_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+    (arg,) = list(element.clauses)
+    return f"CAST({compiler.process(arg, **kw)} AS DOUBLE)"
 
 
 class _InList(ColumnElement[bool]):

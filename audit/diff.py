@@ -91,13 +91,20 @@ def build_diff(
 
     explained = sa.or_(*(agg.c.n.is_not(None) for agg in folds.aggregates.values()))
     present = current.is_present
+    # A single-precision column is right when it holds the rebuilt value as storing it
+    # there rounds it (0.1 + 0.2 in a real column is 0.3).
     differs = [
-        _differs(dialect, column, folds.expected[i], current.values[i])
+        _differs(
+            dialect,
+            column,
+            dialect.in_column_type(column.target.type, folds.expected[i]),
+            current.values[i],
+        )
         for i, column in enumerate(entity.columns)
     ]
     flags = [sa.case((d, 1), else_=0).label(f"d{i}") for i, d in enumerate(differs)]
 
-    cols: list[ColumnElement] = [k.label(lbl) for k, lbl in zip(key_cols, labels)]
+    cols: list[ColumnElement] = [dialect.exactly(k).label(lbl) for k, lbl in zip(key_cols, labels)]
     aggregates = list(folds.aggregates.values())
     cols += [agg.c.n.label(f"n{j}") for j, agg in enumerate(aggregates)]
     cols += [
@@ -105,8 +112,13 @@ def build_diff(
         for j, s in enumerate(folds.aggregates)
         if s in folds.last_event
     ]
-    cols += [dialect.stored(e).label(f"e{i}") for i, e in enumerate(folds.expected)]
-    cols += [dialect.stored(v).label(f"a{i}") for i, v in enumerate(current.values)]
+    cols += [
+        dialect.stored(_read_expected(dialect, column, e)).label(f"e{i}")
+        for i, (column, e) in enumerate(zip(entity.columns, folds.expected))
+    ]
+    cols += [
+        dialect.stored(dialect.exactly(v)).label(f"a{i}") for i, v in enumerate(current.values)
+    ]
     cols += [current.present.label("present")]
     cols += ([current.dup.label("dup")] if current.dup is not None else []) + flags
     cols += [f.label(f"tie{i}") for i, f in folds.tie_flags.items()]
@@ -138,6 +150,18 @@ def build_diff(
         whole_tables=only_keys is None,
         checks_rows=bool(folds.tie_flags or folds.non_numeric_flags or folds.null_order_flags),
     )
+
+
+def _read_expected(dialect: Dialect, column: BoundColumn, e: ColumnElement) -> ColumnElement:
+    """A rebuilt value as selected, read exactly (:meth:`Dialect.exactly`).
+
+    For a single-precision column an expression of unknown type (SQL text in the spec)
+    is read as a double too: on MariaDB it may be a FLOAT, read rounded otherwise.
+    """
+    unknown = not isinstance(e.type, (sa.Integer, sa.Numeric))
+    if unknown and dialect.single_float(column.target.type):
+        return dialect.exactly(e, single=True)
+    return dialect.exactly(e)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from audit.collation import match_keys
+from audit.dialects import Dialect, get_dialect
 from audit.findings import from_json, iso, key_to_json, to_json
 from audit.output import read_parquet
 from audit.ranking import RANK_COLUMNS, top_indices
@@ -121,6 +122,11 @@ def _label(table: sa.Table, base: str) -> str:
     return label
 
 
+def _exactly(dialect: Dialect, column: sa.Column) -> Any:
+    read = dialect.exactly(column)
+    return column if read is column else read.label(column.name)
+
+
 def _stream_rows(
     conn: Connection, stream: BoundStream, entity: str, keys: list[str], rows_per_key: int
 ) -> Iterator[dict[str, Any]]:
@@ -140,11 +146,15 @@ def _stream_rows(
     window = sa.func.row_number().over(
         partition_by=partition, order_by=[o.desc() for o in stream.order_by]
     )
+    # Single-precision values read exactly (a MariaDB FLOAT is read rounded otherwise).
+    dialect = get_dialect(conn.dialect.name)
+    columns = [_exactly(dialect, c) for c in table.c]
     if stream.key_collations is not None:
         key_labels = key_labels[:1]
-        selected = [*table.c, partition[0].label(key_labels[0])]
+        selected = [*columns, partition[0].label(key_labels[0])]
     else:
-        selected = [*table.c, *(k.label(lbl) for k, lbl in zip(stream.key, key_labels))]
+        selected = [*columns]
+        selected += [dialect.exactly(k).label(lbl) for k, lbl in zip(stream.key, key_labels)]
     selected.append(window.label(position))
     if stream.time is not None:
         selected.append(stream.time.label(at))

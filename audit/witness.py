@@ -84,9 +84,9 @@ def _disagreements(
     expected, claimed = folds.expected
     query = (
         sa.select(
-            *(own.c[lbl] for lbl in labels),
-            expected.label("e"),
-            claimed.label("w"),
+            *(dialect.exactly(own.c[lbl]).label(lbl) for lbl in labels),
+            dialect.exactly(expected).label("e"),
+            dialect.exactly(claimed).label("w"),
             (other.c.t if "t" in other.c else sa.null()).label("t"),
         )
         .select_from(joined)

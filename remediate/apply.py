@@ -493,9 +493,12 @@ class _Run:
                 )
             else:
                 guard = col.is_not(None)
+            # The values before and after as history records them: read exactly (a MariaDB
+            # FLOAT is read rounded to 6 digits otherwise).
+            read = audit_dialect.exactly(col)
             locked = conn.execute(
                 sa.select(
-                    temp.c.action_id, col.label("before"), sa.case((guard, 1), else_=0).label("ok")
+                    temp.c.action_id, read.label("before"), sa.case((guard, 1), else_=0).label("ok")
                 )
                 .select_from(temp.join(target, joined))
                 .with_for_update()
@@ -525,7 +528,7 @@ class _Run:
             after: dict[int, Any] | None = None
             if script.update_returning:
                 # The values after, as the UPDATE wrote them (one join fewer).
-                returned = conn.execute(update.returning(temp.c.action_id, col)).all()
+                returned = conn.execute(update.returning(temp.c.action_id, read)).all()
                 updated, after = len(returned), dict(returned)
             else:
                 updated = conn.execute(update).rowcount
@@ -537,7 +540,7 @@ class _Run:
             if after is None:
                 after = dict(
                     conn.execute(
-                        sa.select(temp.c.action_id, col).select_from(temp.join(target, joined))
+                        sa.select(temp.c.action_id, read).select_from(temp.join(target, joined))
                     ).all()
                 )
             for action, _step in members:

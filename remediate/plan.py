@@ -164,6 +164,9 @@ def _undo(step: Step) -> Step:
     return Step(*head, "delete" if step.op == "insert" else "insert", row=step.row)
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _number(value: Any) -> Any:
     return value if isinstance(value, (int, Decimal)) else Decimal(str(value))
 
@@ -313,6 +316,15 @@ def _plan_finding(
         )
         if mode == "delta" and not (_numeric(actual) and _numeric(expected)):
             mode = "cas"  # NULL + correction is NULL: only an exact set works
+        elif (
+            mode == "delta"
+            and target["fingerprint"]["dialect"] == "sqlite"
+            and column["family"] == "integer"
+            and abs(_number(expected) - _number(actual)) > _INT64_MAX
+        ):
+            # SQLite reads an integer literal beyond 64 bits as a REAL, and the sum
+            # with it is rounded silently (-9e18 + 18000000000000000001 is 9e18).
+            mode = "cas"
         return planned(mode)
     if kind == MISSING_ROW:
         values = dict(zip(info["key"], from_json(row["key"]))) | dict(expected)

@@ -29,11 +29,9 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
 
-from audit.dialects import _utf8mb4_bytes, get_dialect
+from audit.dialects import _single_float, _utf8mb4_bytes, get_dialect
 from audit.errors import PlanError, did_you_mean
 from remediate.history import history_tables
 
@@ -203,15 +201,24 @@ def matches(dialect: ScriptDialect, column: sa.Column, value: Any) -> ColumnElem
     return column == literal
 
 
-def key_match(table: sa.Table, key_names: list[str], key: tuple[Any, ...]) -> ColumnElement:
-    return sa.and_(*(table.c[n] == _literal(table.c[n], v) for n, v in zip(key_names, key)))
+def key_match(
+    table: sa.Table, key_names: list[str], key: tuple[Any, ...], dialect: ScriptDialect
+) -> ColumnElement:
+    """``key = values``, each value in its column's type (a single-precision key's 0.1
+    is not the double 0.1)."""
+    return sa.and_(
+        *(
+            table.c[n] == dialect.as_column_type(table.c[n], _literal(table.c[n], v))
+            for n, v in zip(key_names, key)
+        )
+    )
 
 
 def step_statement(
     step: Step, table: sa.Table, key_names: list[str], dialect: ScriptDialect
 ) -> sa.Executable:
     """The Core statement of a step; it changes exactly one row when its guard holds."""
-    where_key = key_match(table, key_names, step.key)
+    where_key = key_match(table, key_names, step.key, dialect)
     if step.op == "delta":
         assert step.column is not None, "a delta step names its column"
         column = table.c[step.column]
@@ -489,7 +496,7 @@ class ScriptDialect:
 
     def single_float(self, type_: sa.types.TypeEngine) -> bool:
         """True for this database's single-precision float type."""
-        return False
+        return self.audit.single_float(type_)
 
     def session(self, conn: Connection) -> dict[str, Any]:
         """The audit session's settings that the values it read depend on (kept in the
@@ -612,9 +619,6 @@ class PostgresScript(ScriptDialect):
         dialect.statement_compiler = _slot_compiler(self.name)
         return dialect
 
-    def single_float(self, type_: sa.types.TypeEngine) -> bool:
-        return isinstance(type_, sa.REAL)
-
     def prologue(self, history: bool = True) -> list[str]:
         # The script is UTF-8 whatever psql's client encoding (locale, PGCLIENTENCODING):
         # under LATIN1 the server would read each byte of 'é' as a character of its own.
@@ -657,6 +661,17 @@ class PostgresScript(ScriptDialect):
 
     def run_hint(self) -> str:
         return "psql -X -v ON_ERROR_STOP=1 -d DATABASE -f FILE"
+
+    def delta_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
+        # As fix.sql's literal: a correction need not fit the column (-40000 to a
+        # smallint holding 30000), so the sum is computed in numeric (or double) and
+        # only the result is assigned, range-checked; a real's correction in real
+        # arithmetic would be rounded before it is added.
+        if family in ("integer", "numeric"):
+            return sa.Numeric()
+        if family == "float":
+            return sa.Double()
+        return self.temp_type(column, family)
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         conn.execute(
@@ -782,11 +797,6 @@ class MySQLScript(ScriptDialect):
         }
         return sa.cast(value, types[family])
 
-    def single_float(self, type_: sa.types.TypeEngine) -> bool:
-        # FLOAT(p) with p > 24 is a DOUBLE in the catalog, and REAL too (unless the
-        # sql_mode has REAL_AS_FLOAT, when the catalog says FLOAT).
-        return isinstance(type_, sa.FLOAT)
-
     def session(self, conn: Connection) -> dict[str, Any]:
         # A TIMESTAMP reads (and is written) in the session's time zone: a plan's
         # '2026-01-01 10:00:00' is that instant only in the audit's time zone.
@@ -803,8 +813,11 @@ class MySQLScript(ScriptDialect):
 
     def prologue(self, history: bool = True) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
+        # Strict: without it a result out of the column's range (30000 + 10000 in a
+        # SMALLINT) is clipped to the limit with a warning instead of refused.
         return [
-            "SET SESSION sql_mode = REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', '');",
+            "SET SESSION sql_mode = CONCAT(REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', "
+            "''), ',STRICT_ALL_TABLES');",
             "SET NAMES utf8mb4;",
             *super().prologue(history),
         ]
@@ -981,37 +994,6 @@ class SQLiteScript(ScriptDialect):
 
     def temp_type(self, column: sa.Column, family: str) -> sa.types.TypeEngine:
         return FAMILY_TYPES.get(family, sa.String)()
-
-
-class _single_float(FunctionElement):  # noqa: N801 - a SQL function
-    """A value cast to single precision; the value itself elsewhere (SQLite has none).
-
-    SQLAlchemy's own CAST to FLOAT on MariaDB is skipped (with a warning) unless the
-    connected server is MySQL 8.0.17 or later; MariaDB takes it since 10.4.5.
-    """
-
-    inherit_cache = True
-    type = sa.Float()
-    name = "single_float"
-
-
-@compiles(_single_float)
-def _compile_single_float(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    (arg,) = list(element.clauses)
-    return compiler.process(arg, **kw)
-
-
-@compiles(_single_float, "postgresql")
-def _compile_single_float_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    (arg,) = list(element.clauses)
-    return f"CAST({compiler.process(arg, **kw)} AS REAL)"
-
-
-@compiles(_single_float, "mysql")
-@compiles(_single_float, "mariadb")
-def _compile_single_float_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    (arg,) = list(element.clauses)
-    return f"CAST({compiler.process(arg, **kw)} AS FLOAT)"
 
 
 _CONTROL = re.compile(r"([\x00-\x08\x0a-\x1f\x7f])")

@@ -257,6 +257,7 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
             "key_is_unique": entity.key_is_unique,
         }
     wanted: dict[str, list[str]] = {}
+    dialect = get_dialect(conn.dialect.name)
     findings = folder / "findings.parquet"
     if findings.is_file():
         for finding in read_findings(findings):
@@ -268,11 +269,15 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
         if entity.key_columns is None:
             continue
         found: dict[str, Any] = {}
-        # Each value as the audit's findings hold it (SQLite: a date's stored text; the
-        # key as the findings' keys, which are read as before).
+        # Each value as the audit's findings hold it: read exactly (a delete's guard
+        # compares each value, and a MariaDB FLOAT reads rounded to 6 digits otherwise);
+        # SQLite's dates as their stored text (keys as the findings' keys, read as before).
         keyed = {c.name for c in entity.key_columns}
         columns = [
-            c if c.name in keyed else dialect.stored(c).label(c.name) for c in entity.table.columns
+            (dialect.exactly(c) if c.name in keyed else dialect.stored(dialect.exactly(c))).label(
+                c.name
+            )
+            for c in entity.table.columns
         ]
         for start in range(0, len(keys), 1000):
             chunk = [tuple(from_json(k)) for k in keys[start : start + 1000]]
