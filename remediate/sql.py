@@ -508,7 +508,8 @@ class ScriptDialect:
         return []
 
     def set_session(self, conn: Connection, fingerprint: dict[str, Any]) -> None:
-        """drift apply: restore :meth:`session` on its connection."""
+        """drift apply: restore :meth:`session` on its connection (and any setting its
+        statements need, as the scripts' prologue sets it)."""
 
     def history_ddl(self) -> list[str]:
         return [
@@ -808,6 +809,11 @@ class MySQLScript(ScriptDialect):
         return [f"SET time_zone = {self.compile(sa.literal(str(fingerprint['time_zone'])))};"]
 
     def set_session(self, conn: Connection, fingerprint: dict[str, Any]) -> None:
+        # Strict, as the scripts are: a lax sql_mode clips an out-of-range result (30000 +
+        # 10000 in a SMALLINT) to the limit with a warning, which only verify would catch.
+        conn.exec_driver_sql(
+            "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',STRICT_ALL_TABLES')"
+        )
         if "time_zone" in fingerprint:
             conn.execute(sa.text("SET time_zone = :tz"), {"tz": str(fingerprint["time_zone"])})
 
