@@ -452,10 +452,12 @@ def render_script(plan: Plan, operation: str) -> str:
         if a.is_manual
     ]
     file = ROLLBACK_SQL if rollback else FIX_SQL
+    server_lines, server_checks = _server_check(script, plan)
     header = [
         _comment(f"drift {'rollback' if rollback else 'fix'} script for plan {plan.plan_id}"),
         _comment(f"audit: {plan.audit} (spec sha256 {plan.spec_sha256[:16]})"),
         _comment(f"target: {plan.fingerprint['dialect']} database {plan.fingerprint['database']}"),
+        *server_lines,
         _comment(f"created: {plan.created_at}"),
         f"{len(automatic)} guarded change(s), {len(manual)} manual action(s).",
         "All or nothing: any guard that misses aborts the whole script; running it",
@@ -476,7 +478,7 @@ def render_script(plan: Plan, operation: str) -> str:
         header=header,
         # rollback.sql needs the history tables a fix made; without them it refuses.
         prologue=[
-            *script.prologue(history=not rollback),
+            *script.prologue(history=not rollback, checks=server_checks),
             *script.session_statements(plan.fingerprint),
         ],
         begin=script.begin(),
@@ -492,6 +494,37 @@ def render_script(plan: Plan, operation: str) -> str:
         manual=manual,
         commit=script.commit(),
     )
+
+
+def _server_check(script: ScriptDialect, plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
+    """A script's header lines about the audited server and the checks that refuse any
+    other (:meth:`ScriptDialect.server_checks`), run before anything else, the history
+    tables' DDL included. A plan that records no ``server`` (made before drift read it)
+    renders as it did then: no line, no check."""
+    fingerprint = plan.fingerprint
+    if "server" not in fingerprint:
+        return [], []
+    server = fingerprint["server"]
+    if server is None:
+        why = fingerprint.get("server_note") or "unknown"
+        return [
+            _comment(f"server: unknown (the audit could not read its identity: {why})"),
+            "This script does not check which server it runs on.",
+        ], []
+    checks = script.server_checks(plan.plan_id, str(server))
+    if not checks:
+        # SQLite: SQL reads neither the file's device and inode nor the host name. Its
+        # path (PRAGMA database_list) is no identity: another machine's copy has the same
+        # path, and the audited file reached through another path would be refused.
+        return [
+            _comment(f"server: {server}"),
+            "This script does not check which file it runs on (SQL cannot read a file's",
+            "device and inode): run it on the audited file only; drift apply checks it.",
+        ], []
+    return [
+        _comment(f"server: {server}"),
+        "It refuses to run on any other server, before it changes anything.",
+    ], checks
 
 
 def _script_checks(
