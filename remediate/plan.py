@@ -479,7 +479,9 @@ def render_script(plan: Plan, operation: str) -> str:
         header=header,
         # rollback.sql needs the history tables a fix made; without them it refuses.
         prologue=[
-            *script.prologue(history=not rollback, checks=server_checks),
+            # fix.sql checks the server before it creates the history tables (a refused
+            # script leaves nothing behind) and again in its transaction (below).
+            *script.prologue(history=not rollback, checks=() if rollback else server_checks),
             *script.session_statements(plan.fingerprint),
         ],
         begin=script.begin(),
@@ -489,7 +491,11 @@ def render_script(plan: Plan, operation: str) -> str:
             if rollback
             else "Refuses when this plan was already applied (or is being applied)."
         ),
-        checks=script.refuse_unless(_script_checks(script, history, plan.plan_id, rollback)),
+        # First in the transaction: psql without ON_ERROR_STOP goes on after an error,
+        # and only a failed check inside the transaction makes it change nothing.
+        checks=script.refuse_unless(
+            [*server_checks, *_script_checks(script, history, plan.plan_id, rollback)]
+        ),
         record=record,
         blocks=blocks,
         manual=manual,
@@ -499,9 +505,10 @@ def render_script(plan: Plan, operation: str) -> str:
 
 def _server_check(script: ScriptDialect, plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
     """A script's header lines about the audited server and the checks that refuse any
-    other (:meth:`ScriptDialect.server_checks`), run before anything else, the history
-    tables' DDL included. A plan that records no ``server`` (made before drift read it)
-    renders as it did then: no line, no check."""
+    other (:meth:`ScriptDialect.server_checks`): fix.sql runs them before anything else,
+    the history tables' DDL included, and both scripts first in their transaction. A plan
+    that records no ``server`` (made before drift read it) renders as it did then: no
+    line, no check."""
     fingerprint = plan.fingerprint
     if "server" not in fingerprint:
         return [], []

@@ -653,7 +653,8 @@ class PostgresScript(ScriptDialect):
         function = "'pg_catalog.pg_control_system()'"
         return [
             (
-                f"COALESCE(has_function_privilege(to_regprocedure({function}), 'EXECUTE'), false)",
+                "COALESCE(pg_catalog.has_function_privilege(pg_catalog.to_regprocedure("
+                f"{function}), 'EXECUTE'), false)",
                 f"drift: refused: plan {plan_id} was audited on {server}; the role running "
                 "this script cannot call pg_control_system() to tell whether this is that "
                 "server (GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_system() TO the "

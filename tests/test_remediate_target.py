@@ -26,7 +26,7 @@ from drift.testing import scratch_database
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
 from remediate.target import server_identity
-from tests.conftest import REQUIRE_SERVERS, Backend
+from tests.conftest import REQUIRE_SERVERS, Backend, make_backend
 from tests.remediation_helpers import audited_shop, run_client, table_state
 
 TABLES = ("inventory", "orders", "drift_remediation_log")
@@ -366,6 +366,33 @@ def test_the_scripts_refuse_another_server_before_they_change_anything(server_ba
     assert table_state(backend, "inventory", "orders") == {
         k: before[k] for k in ("inventory", "orders")
     }
+
+
+def test_psql_without_on_error_stop_changes_nothing_on_another_server(tmp_path):
+    """psql goes on after an error unless told ON_ERROR_STOP (the header's Run line says
+    it; a person may not): the refused check must still leave the fix undone."""
+    backend = next(gen := make_backend("postgresql", tmp_path))
+    try:
+        audit = audited_shop(backend, tmp_path)
+        live = server_identity_of(backend.url)
+        other = live.replace(live.split()[-1], "9" * len(live.split()[-1]))
+        _replan(audit, server=other)
+        before = table_state(backend, *SCRIPT_TABLES)
+        command, env = backend.client_command()
+        at = command.index("ON_ERROR_STOP=1")
+        del command[at - 1 : at + 1]
+        for script in ("fix.sql", "rollback.sql"):
+            result = subprocess.run(
+                command,
+                input=(audit / "plan" / script).read_bytes(),
+                env=env,
+                capture_output=True,
+                timeout=120,
+            )
+            assert _other_server(audit / "plan", other) in result.stderr, result.stderr.decode()
+            assert table_state(backend, *SCRIPT_TABLES) == before
+    finally:
+        gen.close()
 
 
 @pytest.mark.parametrize("recorded", ["unreadable", "older plan"])
