@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ from remediate.plan import (
     legacy_plan_sha256,
     load_checked_plan,
     plan_dir,
-    plan_sha256,
 )
 
 KEY_ENV = "DRIFT_APPROVAL_KEY"
@@ -102,13 +102,14 @@ def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "
     if purpose not in PURPOSES:
         raise PlanError(f"unknown approval purpose {purpose!r}")
     folder = plan_dir(plan)
-    load_checked_plan(folder)  # a malformed or inconsistent plan cannot be approved
-    hashes = file_sha256s(folder)
+    # A malformed or inconsistent plan cannot be approved; the hashes approved are those of
+    # the very bytes checked (each file is read once).
+    hashes = load_checked_plan(folder).hashes
     approval = Approval(
         by=by.strip(),
         at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         note=note,
-        plan_sha256=plan_sha256(folder, hashes),
+        plan_sha256=combined_sha256(hashes),
         purpose=purpose,
         files=hashes,
     )
@@ -134,16 +135,22 @@ def approve(plan: str | Path, by: str, note: str | None = None, purpose: str = "
 
 
 def check_approvals(
-    plan: str | Path, require: int = 1, purpose: str = "fix", sha256: str | None = None
+    plan: str | Path,
+    require: int = 1,
+    purpose: str = "fix",
+    hashes: Mapping[str, str] | None = None,
 ) -> list[Approval]:
     """The valid approvals for ``purpose``; refuses when there are too few or any is forged.
 
     An approval of other files (the plan changed after it was given) does not
     count, and when every approval is for other files the plan was tampered with.
-    ``sha256`` is the plan's :func:`plan_sha256` when the caller has just computed it.
+    ``hashes`` are the approved files' hashes (:func:`remediate.plan.file_sha256s`) of the
+    bytes the caller read and goes on to use (:func:`remediate.plan.read_plan_files`);
+    read here when not given.
     """
     folder = plan_dir(plan)
-    current = plan_sha256(folder) if sha256 is None else sha256
+    hashes = dict(file_sha256s(folder) if hashes is None else hashes)
+    current = combined_sha256(hashes)
     approvals = [a for a in read_approvals(folder) if a.purpose == purpose]
     what = "rollback" if purpose == "rollback" else "plan"
     if not approvals:
@@ -160,10 +167,10 @@ def check_approvals(
                 )
     valid = [a for a in approvals if a.plan_sha256 == current]
     if not valid:
-        raise RefusedError(_not_approved(folder, approvals, current))
+        raise RefusedError(_not_approved(folder, approvals, current, hashes))
     approvers = sorted({a.by for a in valid})
     if len(approvers) < require:
-        stale = _stale(folder, [a for a in approvals if a.by not in approvers])
+        stale = _stale([a for a in approvals if a.by not in approvers], hashes)
         raise RefusedError(
             f"refused: the {what} needs {require} approver(s), it has {len(approvers)} "
             f"({', '.join(approvers)}){stale}"
@@ -195,8 +202,9 @@ def _diagnosis(approval: Approval, hashes: dict[str, str]) -> tuple[str, list[st
     return "unknown", []
 
 
-def _not_approved(folder: Path, approvals: list[Approval], current: str) -> str:
-    hashes = file_sha256s(folder)
+def _not_approved(
+    folder: Path, approvals: list[Approval], current: str, hashes: dict[str, str]
+) -> str:
     paths = approved_files(folder)
     diagnoses = [(a, *_diagnosis(a, hashes)) for a in approvals]
     legacy = [a for a, kind, _ in diagnoses if kind == "legacy"]
@@ -213,11 +221,10 @@ def _not_approved(folder: Path, approvals: list[Approval], current: str) -> str:
     )
 
 
-def _stale(folder: Path, approvals: list[Approval]) -> str:
+def _stale(approvals: list[Approval], hashes: dict[str, str]) -> str:
     """Why the approvals that do not count do not (for the too-few-approvers refusal)."""
     if not approvals:
         return ""
-    hashes = file_sha256s(folder)
     notes = []
     for a in approvals:
         kind, names = _diagnosis(a, hashes)

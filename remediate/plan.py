@@ -28,6 +28,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
@@ -50,7 +51,7 @@ from audit.findings import (
 from audit.output import FINDINGS, SPEC_COPY, read_summary
 from audit.templating import sql_environment
 from remediate.sql import ScriptDialect, Step, get_script_dialect, offline_table
-from remediate.target import FAMILIES, TARGET, read_target
+from remediate.target import FAMILIES, TARGET, parse_target, read_target
 
 PLAN_DIR = "plan"
 PLAN_JSON = "plan.json"
@@ -452,10 +453,12 @@ def render_script(plan: Plan, operation: str) -> str:
         if a.is_manual
     ]
     file = ROLLBACK_SQL if rollback else FIX_SQL
+    server_lines, server_checks = _server_check(script, plan)
     header = [
         _comment(f"drift {'rollback' if rollback else 'fix'} script for plan {plan.plan_id}"),
         _comment(f"audit: {plan.audit} (spec sha256 {plan.spec_sha256[:16]})"),
         _comment(f"target: {plan.fingerprint['dialect']} database {plan.fingerprint['database']}"),
+        *server_lines,
         _comment(f"created: {plan.created_at}"),
         f"{len(automatic)} guarded change(s), {len(manual)} manual action(s).",
         "All or nothing: any guard that misses aborts the whole script; running it",
@@ -476,7 +479,9 @@ def render_script(plan: Plan, operation: str) -> str:
         header=header,
         # rollback.sql needs the history tables a fix made; without them it refuses.
         prologue=[
-            *script.prologue(history=not rollback),
+            # fix.sql checks the server before it creates the history tables (a refused
+            # script leaves nothing behind) and again in its transaction (below).
+            *script.prologue(history=not rollback, checks=() if rollback else server_checks),
             *script.session_statements(plan.fingerprint),
         ],
         begin=script.begin(),
@@ -486,12 +491,48 @@ def render_script(plan: Plan, operation: str) -> str:
             if rollback
             else "Refuses when this plan was already applied (or is being applied)."
         ),
-        checks=script.refuse_unless(_script_checks(script, history, plan.plan_id, rollback)),
+        # First in the transaction: psql without ON_ERROR_STOP goes on after an error,
+        # and only a failed check inside the transaction makes it change nothing.
+        checks=script.refuse_unless(
+            [*server_checks, *_script_checks(script, history, plan.plan_id, rollback)]
+        ),
         record=record,
         blocks=blocks,
         manual=manual,
         commit=script.commit(),
     )
+
+
+def _server_check(script: ScriptDialect, plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
+    """A script's header lines about the audited server and the checks that refuse any
+    other (:meth:`ScriptDialect.server_checks`): fix.sql runs them before anything else,
+    the history tables' DDL included, and both scripts first in their transaction. A plan
+    that records no ``server`` (made before drift read it) renders as it did then: no
+    line, no check."""
+    fingerprint = plan.fingerprint
+    if "server" not in fingerprint:
+        return [], []
+    server = fingerprint["server"]
+    if server is None:
+        why = fingerprint.get("server_note") or "unknown"
+        return [
+            _comment(f"server: unknown (the audit could not read its identity: {why})"),
+            "This script does not check which server it runs on.",
+        ], []
+    checks = script.server_checks(plan.plan_id, str(server))
+    if not checks:
+        # SQLite: SQL reads neither the file's device and inode nor the host name. Its
+        # path (PRAGMA database_list) is no identity: another machine's copy has the same
+        # path, and the audited file reached through another path would be refused.
+        return [
+            _comment(f"server: {server}"),
+            "This script does not check which file it runs on (SQL cannot read a file's",
+            "device and inode): run it on the audited file only; drift apply checks it.",
+        ], []
+    return [
+        _comment(f"server: {server}"),
+        "It refuses to run on any other server, before it changes anything.",
+    ], checks
 
 
 def _script_checks(
@@ -653,9 +694,19 @@ def plan_dir(path: str | Path) -> Path:
 
 
 def load_plan(path: str | Path) -> Plan:
+    """plan.json, unchecked (``drift verify``; what runs is read by :func:`read_plan_files`)."""
     folder = plan_dir(path)
     try:
-        data = json.loads((folder / PLAN_JSON).read_text(encoding="utf-8"), parse_float=Decimal)
+        raw = (folder / PLAN_JSON).read_bytes()
+    except OSError as exc:
+        raise PlanError(f"{folder / PLAN_JSON} is not a valid plan: {exc}") from None
+    return parse_plan(folder, raw)
+
+
+def parse_plan(folder: Path, raw: bytes) -> Plan:
+    """The plan in ``raw``, the bytes of ``folder``'s plan.json."""
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=Decimal)
         actions = tuple(
             Action(
                 id=a["id"],
@@ -687,30 +738,93 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError(f"{folder / PLAN_JSON} is not a valid plan: {exc}") from None
 
 
-def load_checked_plan(path: str | Path) -> Plan:
-    """plan.json, after checking fix.sql and rollback.sql are exactly its renderings.
+@dataclass(frozen=True)
+class PlanFiles:
+    """A plan's approved files (:func:`approved_files`), each read once: the bytes hashed
+    for the approvals are the very bytes parsed (``plan``, ``target``) and compared with
+    fresh renderings (``scripts``), so a file replaced between two reads (an editor
+    saving, a sync tool) can never be run without being the approved content."""
+
+    folder: Path
+    plan: Plan
+    target: dict[str, Any]
+    scripts: dict[str, bytes]  # fix.sql and rollback.sql
+    hashes: dict[str, str]  # as file_sha256s gives them
+
+    @property
+    def sha256(self) -> str:
+        return combined_sha256(self.hashes)
+
+
+def read_plan_files(path: str | Path) -> PlanFiles:
+    """Read each approved file once, hash those bytes and parse them.
+
+    plan.json (94 MB at 100,000 actions) is read first; a thread hashes it and reads
+    and hashes the other files (~180 MB in all; reading and hashing release the GIL)
+    while this thread parses plan.json, so the hashing costs no time of its own.
+    """
+    folder = plan_dir(path)
+    paths = approved_files(folder)
+    raw_plan = _read_approved(PLAN_JSON, paths[PLAN_JSON])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(_read_and_hash, paths, raw_plan)
+        plan = parse_plan(folder, raw_plan)
+        del raw_plan  # the thread holds it as long as it needs it
+        contents, hashes = hashing.result()
+    return PlanFiles(
+        folder=folder,
+        plan=plan,
+        target=parse_target(folder.parent, contents[TARGET]),
+        scripts={name: contents[name] for name in (FIX_SQL, ROLLBACK_SQL)},
+        hashes=hashes,
+    )
+
+
+def _read_and_hash(
+    paths: Mapping[str, Path], raw_plan: bytes
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    contents: dict[str, bytes] = {}
+    hashes: dict[str, str] = {}
+    for name, file in paths.items():
+        data = raw_plan if name == PLAN_JSON else _read_approved(name, file)
+        hashes[name] = hashlib.sha256(data).hexdigest()
+        if name != PLAN_JSON:
+            contents[name] = data
+    return contents, hashes
+
+
+def _read_approved(name: str, file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise PlanError(f"{file.parent} is incomplete: {name} is missing") from None
+    except OSError as exc:
+        raise PlanError(f"{file} is unreadable: {exc.strerror}") from None
+
+
+def load_checked_plan(path: str | Path) -> PlanFiles:
+    """The plan's files, read once, after checking fix.sql and rollback.sql are exactly
+    plan.json's renderings.
 
     A truncated, emptied or edited script (or a plan.json whose actions no longer
     render to the scripts) is refused: what a person reviews and approves is
     what ``drift apply`` runs.
     """
-    folder = plan_dir(path)
-    return check_scripts(folder, load_plan(folder))
+    files = read_plan_files(path)
+    check_scripts(files)
+    return files
 
 
-def check_scripts(
-    folder: Path, plan: Plan, operations: Iterable[str] = ("fix", "rollback")
-) -> Plan:
-    """``plan`` (loaded from ``folder``), once fix.sql and rollback.sql are its renderings
+def check_scripts(files: PlanFiles, operations: Iterable[str] = ("fix", "rollback")) -> Plan:
+    """``files.plan``, once fix.sql and rollback.sql (as read with it) are its renderings
     and its actions' statements for ``operations`` are the renderings of their data
     (:func:`check_actions`)."""
-    check_actions(folder, plan, operations)
+    folder, plan = files.folder, files.plan
+    check_actions(folder, plan, operations, target=files.target)
     for name, operation in ((FIX_SQL, "fix"), (ROLLBACK_SQL, "rollback")):
         try:
-            text = (folder / name).read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise PlanError(f"{folder} is incomplete: {name} is missing") from None
-        except (OSError, UnicodeDecodeError) as exc:
+            text = files.scripts[name].decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise PlanError(f"{folder / name} is unreadable: {exc}") from None
         try:
             rendered = render_script(plan, operation)
@@ -726,7 +840,10 @@ def check_scripts(
 
 @collector_paused()
 def check_actions(
-    folder: Path, plan: Plan, operations: Iterable[str] = ("fix", "rollback")
+    folder: Path,
+    plan: Plan,
+    operations: Iterable[str] = ("fix", "rollback"),
+    target: dict[str, Any] | None = None,
 ) -> None:
     """Refuse a plan whose actions' data do not render to their stored statements.
 
@@ -735,13 +852,15 @@ def check_actions(
     a person reviews, show the action's stored ``sql`` and ``rollback_sql``. The
     statements of ``operations`` are rendered again from the data, as
     :func:`build_plan` renders them (with the audit's target.json), and must be
-    exactly the stored text (~5 µs a statement).
+    exactly the stored text (~5 µs a statement). ``target`` is the audit's target.json
+    as :func:`read_plan_files` read it (read here when not given).
     """
     import sqlalchemy as sa
 
     fix, back = "fix" in operations, "rollback" in operations
     script = get_script_dialect(plan.dialect)
-    target = read_target(folder.parent)
+    if target is None:
+        target = read_target(folder.parent)
     tables: dict[str, tuple[Any, list[str]]] = {}
     for a in plan.actions:
         if a.is_manual:
@@ -796,16 +915,10 @@ def approved_files(path: str | Path) -> dict[str, Path]:
 
 def file_sha256s(path: str | Path) -> dict[str, str]:
     """SHA-256 of each of :func:`approved_files`, in that order."""
-    hashes: dict[str, str] = {}
-    for name, file in approved_files(path).items():
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise PlanError(f"{file.parent} is incomplete: {name} is missing") from None
-        except OSError as exc:
-            raise PlanError(f"{file} is unreadable: {exc.strerror}") from None
-        hashes[name] = hashlib.sha256(data).hexdigest()
-    return hashes
+    return {
+        name: hashlib.sha256(_read_approved(name, file)).hexdigest()
+        for name, file in approved_files(path).items()
+    }
 
 
 def combined_sha256(hashes: Mapping[str, str]) -> str:

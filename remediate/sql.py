@@ -520,10 +520,11 @@ class ScriptDialect:
     def script_user(self) -> ColumnElement:
         return sa.func.current_user()
 
-    def prologue(self, history: bool = True) -> list[str]:
-        """Statements before the transaction (settings; with ``history``, the history
-        tables' DDL, which may commit)."""
-        return self.history_ddl() if history else []
+    def prologue(self, history: bool = True, checks: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Statements before the transaction: settings, then :meth:`refuse_first` of
+        ``checks`` (the server's identity), then with ``history`` the history tables' DDL,
+        which may commit: a script refused by ``checks`` has created nothing."""
+        return [*self.refuse_first(checks), *(self.history_ddl() if history else [])]
 
     def begin(self) -> list[str]:
         return ["BEGIN;"]
@@ -551,6 +552,24 @@ class ScriptDialect:
         that an earlier one (:meth:`table_exists`) proved is there.
         """
         raise NotImplementedError
+
+    def refuse_first(self, checks: Sequence[tuple[str, str]]) -> list[str]:
+        """:meth:`refuse_unless` as statements of their own, before the transaction."""
+        return self.refuse_unless(checks) if checks else []
+
+    def server_checks(self, plan_id: str, server: str) -> list[tuple[str, str]]:
+        """``(condition, message)`` pairs that hold only on the server whose identity
+        (:func:`remediate.target.server_identity`) is ``server``, for
+        :meth:`refuse_unless`; none where SQL cannot read the identity (SQLite: a file's
+        device and inode). The identity is computed as drift computes it and compared
+        byte for byte, NULL-safe (an identity that reads NULL refuses)."""
+        return []
+
+    def _other_server(self, plan_id: str, server: str) -> str:
+        return (
+            f"drift: refused: plan {plan_id} was audited on another server ({server}); run "
+            "this script on that server, or audit this one and plan again; nothing was changed"
+        )
 
     def _message(self, text: str) -> str:
         """A refusal message as a plain string literal (no control characters: SQLite's
@@ -620,13 +639,33 @@ class PostgresScript(ScriptDialect):
         dialect.statement_compiler = _slot_compiler(self.name)
         return dialect
 
-    def prologue(self, history: bool = True) -> list[str]:
+    def prologue(self, history: bool = True, checks: Sequence[tuple[str, str]] = ()) -> list[str]:
         # The script is UTF-8 whatever psql's client encoding (locale, PGCLIENTENCODING):
         # under LATIN1 the server would read each byte of 'é' as a character of its own.
         return [
             "SET client_encoding = 'UTF8';",
             "SET standard_conforming_strings = on;",
-            *super().prologue(history),
+            *super().prologue(history, checks),
+        ]
+
+    def server_checks(self, plan_id: str, server: str) -> list[tuple[str, str]]:
+        # Asked first: without EXECUTE on pg_control_system() (revoked from PUBLIC) the
+        # call would fail with a bare "permission denied"; the message names the GRANT.
+        function = "'pg_catalog.pg_control_system()'"
+        return [
+            (
+                "COALESCE(pg_catalog.has_function_privilege(pg_catalog.to_regprocedure("
+                f"{function}), 'EXECUTE'), false)",
+                f"drift: refused: plan {plan_id} was audited on {server}; the role running "
+                "this script cannot call pg_control_system() to tell whether this is that "
+                "server (GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_system() TO the "
+                "role, or run it as a role that may); nothing was changed",
+            ),
+            (
+                "COALESCE((SELECT 'postgresql system ' || system_identifier FROM "
+                f"pg_catalog.pg_control_system()) = {self.compile(sa.literal(server))}, false)",
+                self._other_server(plan_id, server),
+            ),
         ]
 
     def guarded(self, sql: str, action_id: int) -> str:
@@ -817,7 +856,7 @@ class MySQLScript(ScriptDialect):
         if "time_zone" in fingerprint:
             conn.execute(sa.text("SET time_zone = :tz"), {"tz": str(fingerprint["time_zone"])})
 
-    def prologue(self, history: bool = True) -> list[str]:
+    def prologue(self, history: bool = True, checks: Sequence[tuple[str, str]] = ()) -> list[str]:
         # DDL commits implicitly on MariaDB/MySQL: history tables come before the transaction.
         # Strict: without it a result out of the column's range (30000 + 10000 in a
         # SMALLINT) is clipped to the limit with a warning instead of refused.
@@ -825,7 +864,32 @@ class MySQLScript(ScriptDialect):
             "SET SESSION sql_mode = CONCAT(REPLACE(@@SESSION.sql_mode, 'NO_BACKSLASH_ESCAPES', "
             "''), ',STRICT_ALL_TABLES');",
             "SET NAMES utf8mb4;",
-            *super().prologue(history),
+            *super().prologue(history, checks),
+        ]
+
+    def refuse_first(self, checks: Sequence[tuple[str, str]]) -> list[str]:
+        if not checks:
+            return []
+        return ["DELIMITER //", *self.refuse_unless(checks), "DELIMITER ;"]
+
+    def server_checks(self, plan_id: str, server: str) -> list[tuple[str, str]]:
+        # The identity as remediate.target reads it: MariaDB's @@server_uid, MySQL's
+        # @@server_uuid, or neither (the form the audit recorded says which). Compared as
+        # bytes: under the connection's case-insensitive collation a server_uid (base64)
+        # differing only in case would pass. <=> is false, not NULL, when a side is NULL.
+        where = "@@hostname, ':', @@port"
+        if server.startswith("mariadb "):
+            live = f"CONCAT('mariadb ', {where}, ' server_uid ', @@server_uid)"
+        elif " server_uuid " in server:
+            live = f"CONCAT('mysql ', {where}, ' server_uuid ', @@server_uuid)"
+        else:
+            live = f"CONCAT('mysql ', {where})"
+        recorded = self.compile(sa.literal(server))
+        return [
+            (
+                f"CAST({live} AS BINARY) <=> CAST({recorded} AS BINARY)",
+                self._other_server(plan_id, server),
+            )
         ]
 
     def begin(self) -> list[str]:
@@ -932,8 +996,8 @@ class SQLiteScript(ScriptDialect):
         # read unparsed): equal when it is that very text.
         return self.exact_text_equals(column, value)
 
-    def prologue(self, history: bool = True) -> list[str]:
-        return [".bail on", *super().prologue(history)]
+    def prologue(self, history: bool = True, checks: Sequence[tuple[str, str]] = ()) -> list[str]:
+        return [".bail on", *super().prologue(history, checks)]
 
     def begin(self) -> list[str]:
         return ["BEGIN IMMEDIATE;"]

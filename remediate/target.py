@@ -304,13 +304,22 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
 def read_target(audit_dir: Path) -> dict[str, Any]:
     path = audit_dir / TARGET
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_float=_decimal)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise AuditFolderError(
             f"{audit_dir} has no {TARGET}: it was written by an older drift; audit again"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise AuditFolderError(f"{path} is unreadable: {exc}") from None
+    return parse_target(audit_dir, raw)
+
+
+def parse_target(audit_dir: Path, raw: bytes) -> dict[str, Any]:
+    """target.json's content, from bytes already read (:func:`read_target` reads them)."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_float=_decimal)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AuditFolderError(f"{audit_dir / TARGET} is unreadable: {exc}") from None
 
 
 def _decimal(text: str) -> Any:

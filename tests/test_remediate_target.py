@@ -3,6 +3,7 @@ whose database has the same name and schema (staging and production)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -21,11 +22,12 @@ from sqlalchemy.engine import make_url
 import remediate.target
 from drift import demo
 from drift.cli import main
+from drift.testing import scratch_database
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
 from remediate.target import server_identity
-from tests.conftest import REQUIRE_SERVERS
-from tests.remediation_helpers import audited_shop, table_state
+from tests.conftest import REQUIRE_SERVERS, Backend, make_backend
+from tests.remediation_helpers import audited_shop, run_client, table_state
 
 TABLES = ("inventory", "orders", "drift_remediation_log")
 OVERRIDE = "; pass --target-override REASON to apply anyway\n"
@@ -258,6 +260,20 @@ def second_postgres() -> Iterator[str]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _create_database(base: str) -> None:
+    """The URL's database, created when the cluster has none of that name (a new one)."""
+    url = make_url(base)
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if not conn.exec_driver_sql(
+                "SELECT 1 FROM pg_database WHERE datname = %(n)s", {"n": url.database}
+            ).scalar():
+                conn.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
+    finally:
+        admin.dispose()
+
+
 def test_two_postgresql_servers_with_the_same_database_and_schema(
     tmp_path, capsys, second_postgres
 ):
@@ -269,14 +285,8 @@ def test_two_postgresql_servers_with_the_same_database_and_schema(
     schema = f"drift_twin_{uuid.uuid4().hex[:10]}"
     urls = []
     for base in (POSTGRES_URL, second_postgres):
+        _create_database(base)
         url = make_url(base)
-        admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            if not conn.exec_driver_sql(
-                "SELECT 1 FROM pg_database WHERE datname = %(n)s", {"n": url.database}
-            ).scalar():
-                conn.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
-        admin.dispose()
         scoped = url.update_query_dict({"options": f"-csearch_path={schema}"})
         urls.append(scoped.render_as_string(hide_password=False))
         engine = sa.create_engine(scoped)
@@ -303,3 +313,190 @@ def test_two_postgresql_servers_with_the_same_database_and_schema(
             with engine.begin() as conn:
                 conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
             engine.dispose()
+
+
+# --------------------------------------------------------------------------- the scripts
+
+SCRIPT_TABLES = ("inventory", "orders", "stock_events", "order_events", "drift_remediation_log")
+
+
+def _other_server(plan: Path, server: str) -> bytes:
+    plan_id = json.loads((plan / "plan.json").read_text())["plan_id"]
+    return (
+        f"drift: refused: plan {plan_id} was audited on another server ({server}); run this "
+        "script on that server, or audit this one and plan again; nothing was changed"
+    ).encode()
+
+
+def _has_history(backend) -> bool:
+    with backend.engine.connect() as conn:
+        return sa.inspect(conn).has_table("drift_remediation_log")
+
+
+def test_the_scripts_refuse_another_server_before_they_change_anything(server_backend, tmp_path):
+    """psql -f fix.sql with staging's plan on production: drift apply refused it, the script
+    ran. Now both scripts refuse, before even the history tables are created."""
+    backend = server_backend
+    audit = audited_shop(backend, tmp_path)
+    plan = audit / "plan"
+    live = server_identity_of(backend.url)
+    last = live.split()[-1]
+    others = [live.replace(last, "9" * len(last))]
+    if backend.name == "mysql" and last.swapcase() != last:
+        # MariaDB's server_uid is base64: under a case-insensitive collation it passed.
+        others.append(live.replace(last, last.swapcase()))
+    before = table_state(backend, *SCRIPT_TABLES)
+    for other in others:
+        _replan(audit, server=other)
+        approve(audit, "alice")  # the scripts are the plan's renderings (check_scripts)
+        for script in ("fix.sql", "rollback.sql"):
+            result = run_client(backend, plan / script)
+            assert result.returncode != 0
+            assert _other_server(plan, other) in result.stderr, result.stderr.decode()
+            assert table_state(backend, *SCRIPT_TABLES) == before
+            assert not _has_history(backend)
+    _replan(audit, server=live)
+    fixed = run_client(backend, plan / "fix.sql")
+    assert fixed.returncode == 0, fixed.stderr.decode()
+    assert table_state(backend, "inventory", "orders") != {
+        k: before[k] for k in ("inventory", "orders")
+    }
+    undone = run_client(backend, plan / "rollback.sql")
+    assert undone.returncode == 0, undone.stderr.decode()
+    assert table_state(backend, "inventory", "orders") == {
+        k: before[k] for k in ("inventory", "orders")
+    }
+
+
+def test_psql_without_on_error_stop_changes_nothing_on_another_server(tmp_path):
+    """psql goes on after an error unless told ON_ERROR_STOP (the header's Run line says
+    it; a person may not): the refused check must still leave the fix undone."""
+    backend = next(gen := make_backend("postgresql", tmp_path))
+    try:
+        audit = audited_shop(backend, tmp_path)
+        live = server_identity_of(backend.url)
+        other = live.replace(live.split()[-1], "9" * len(live.split()[-1]))
+        _replan(audit, server=other)
+        before = table_state(backend, *SCRIPT_TABLES)
+        command, env = backend.client_command()
+        at = command.index("ON_ERROR_STOP=1")
+        del command[at - 1 : at + 1]
+        for script in ("fix.sql", "rollback.sql"):
+            result = subprocess.run(
+                command,
+                input=(audit / "plan" / script).read_bytes(),
+                env=env,
+                capture_output=True,
+                timeout=120,
+            )
+            assert _other_server(audit / "plan", other) in result.stderr, result.stderr.decode()
+            assert table_state(backend, *SCRIPT_TABLES) == before
+    finally:
+        gen.close()
+
+
+@pytest.mark.parametrize("recorded", ["unreadable", "older plan"])
+def test_scripts_of_a_plan_without_a_server_identity_do_not_check_it(
+    server_backend, tmp_path, recorded
+):
+    backend = server_backend
+    audit = audited_shop(backend, tmp_path)
+    if recorded == "unreadable":
+        target = json.loads((audit / "target.json").read_text())
+        target["fingerprint"] |= {"server": None, "server_note": "role app may not call it"}
+        (audit / "target.json").write_text(json.dumps(target))
+        write_plan(audit, build_plan(audit, PlanOptions(delete_orphans=True)))
+    else:
+        _replan(audit, server=None)  # a target.json written before the server was recorded
+    approve(audit, "alice")
+    for script in ("fix.sql", "rollback.sql"):
+        text = (audit / "plan" / script).read_text()
+        header = [line for line in text.splitlines() if line.startswith("-- ")]
+        assert "another server" not in text
+        if recorded == "unreadable":
+            assert (
+                "-- server: unknown (the audit could not read its identity: role app may not "
+                "call it)" in header
+            )
+            assert "-- This script does not check which server it runs on." in header
+        else:  # rendered as before the server was recorded: no line, no check
+            assert not [line for line in header if "server" in line]
+    result = run_client(backend, audit / "plan" / "fix.sql")
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def test_a_sqlite_script_says_it_does_not_check_the_file(sqlite_backend, tmp_path):
+    audit = audited_shop(sqlite_backend, tmp_path)
+    text = (audit / "plan" / "fix.sql").read_text()
+    assert f"-- server: {server_identity_of(sqlite_backend.url)}\n" in text
+    assert "-- This script does not check which file it runs on" in text
+    assert "another server" not in text
+
+
+@contextlib.contextmanager
+def _scratch_backend(base_url: str, tmp_path: Path) -> Iterator[Backend]:
+    with scratch_database(base_url, tmp_path) as url:
+        schema = str(make_url(url).query["options"]).split("search_path=", 1)[1]
+        engine = sa.create_engine(url)
+        try:
+            yield Backend(
+                name="postgresql", url=url, engine=engine, tmp_path=tmp_path, schema=schema
+            )
+        finally:
+            engine.dispose()
+
+
+def _psql_as(backend, role: str, script: Path) -> subprocess.CompletedProcess:
+    command, env = backend.client_command()
+    command[command.index("-U") + 1] = role
+    return subprocess.run(
+        command, input=script.read_bytes(), env=env, capture_output=True, timeout=120
+    )
+
+
+def test_a_script_audited_on_one_postgresql_cluster_refuses_another(tmp_path, second_postgres):
+    """Real staging and production clusters: psql -f fix.sql of staging's plan against
+    production refuses and changes nothing there; on staging, a role that may not read
+    the identity is told the GRANT; staging's own superuser runs it."""
+    from tests.conftest import POSTGRES_URL, require_server
+
+    require_server("postgresql")
+    _create_database(second_postgres)
+    with (
+        _scratch_backend(POSTGRES_URL, tmp_path) as production,
+        _scratch_backend(second_postgres, tmp_path) as staging,
+    ):
+        with production.engine.begin() as conn:
+            demo.metadata.create_all(conn)
+            demo.build_shop(conn)
+        audit = audited_shop(staging, tmp_path)
+        plan = audit / "plan"
+        audited = server_identity_of(staging.url)
+        assert audited != server_identity_of(production.url)
+        before = table_state(production, *SCRIPT_TABLES)
+        for script in ("fix.sql", "rollback.sql"):
+            result = run_client(production, plan / script)
+            assert result.returncode != 0
+            assert _other_server(plan, audited) in result.stderr, result.stderr.decode()
+            assert table_state(production, *SCRIPT_TABLES) == before
+            assert not _has_history(production)
+
+        staged = table_state(staging, *SCRIPT_TABLES)
+        role = f"drift_app_{uuid.uuid4().hex[:8]}"
+        staging.execute(
+            "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system() FROM PUBLIC; "
+            f'CREATE ROLE "{role}" LOGIN'
+        )
+        denied = _psql_as(staging, role, plan / "fix.sql")
+        assert denied.returncode != 0
+        assert (
+            b"cannot call pg_control_system() to tell whether this is that server (GRANT EXECUTE "
+            b"ON FUNCTION pg_catalog.pg_control_system() TO the role" in denied.stderr
+        ), denied.stderr.decode()
+        assert table_state(staging, *SCRIPT_TABLES) == staged
+        assert not _has_history(staging)
+
+        fixed = run_client(staging, plan / "fix.sql")
+        assert fixed.returncode == 0, fixed.stderr.decode()
+        assert staging.scalar("SELECT count(*) FROM drift_remediation_log") == 1
+        assert table_state(production, *SCRIPT_TABLES) == before
