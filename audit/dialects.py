@@ -349,8 +349,9 @@ def _compile_utf8mb4_bytes(element, compiler, **kw):  # type: ignore[no-untyped-
     return f"CAST(CONVERT({compiler.process(arg, **kw)} USING utf8mb4) AS BINARY)"
 
 
-class _single_float(FunctionElement):  # noqa: N801 - a SQL function
-    """A value cast to single precision; the value itself elsewhere (SQLite has none).
+class _cast_float(FunctionElement):  # noqa: N801 - a SQL function
+    """A value cast to a float type of ``casts`` (PostgreSQL's name, MariaDB's); the value
+    itself elsewhere (SQLite has one float type).
 
     SQLAlchemy's own CAST to FLOAT on MariaDB is skipped (with a warning) unless the
     connected server is MySQL 8.0.17 or later; MariaDB takes it since 10.4.5.
@@ -358,53 +359,42 @@ class _single_float(FunctionElement):  # noqa: N801 - a SQL function
 
     inherit_cache = True
     type = sa.Float()
+    casts: ClassVar[tuple[str, str]] = ("", "")
+
+
+class _single_float(_cast_float):  # noqa: N801 - a SQL function
+    """A value cast to single precision."""
+
+    inherit_cache = True
     name = "single_float"
+    casts = ("REAL", "FLOAT")
 
 
-@compiles(_single_float)
-def _compile_single_float(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    (arg,) = list(element.clauses)
-    return compiler.process(arg, **kw)
-
-
-@compiles(_single_float, "postgresql")
-def _compile_single_float_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    (arg,) = list(element.clauses)
-    return f"CAST({compiler.process(arg, **kw)} AS REAL)"
-
-
-@compiles(_single_float, "mysql")
-@compiles(_single_float, "mariadb")
-def _compile_single_float_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
-    (arg,) = list(element.clauses)
-    return f"CAST({compiler.process(arg, **kw)} AS FLOAT)"
-
-
-class _as_double(FunctionElement):  # noqa: N801 - a SQL function
+class _as_double(_cast_float):  # noqa: N801 - a SQL function
     """A (single-precision) value as a double, which holds it exactly (see Dialect.exactly)."""
 
     inherit_cache = True
-    type = sa.Float()
     name = "as_double"
+    casts = ("DOUBLE PRECISION", "DOUBLE")
 
 
-@compiles(_as_double)
-def _compile_as_double(element, compiler, **kw):  # type: ignore[no-untyped-def]
+@compiles(_cast_float)
+def _compile_cast_float(element, compiler, **kw):  # type: ignore[no-untyped-def]
     (arg,) = list(element.clauses)
     return compiler.process(arg, **kw)
 
 
-@compiles(_as_double, "postgresql")
-def _compile_as_double_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+@compiles(_cast_float, "postgresql")
+def _compile_cast_float_postgresql(element, compiler, **kw):  # type: ignore[no-untyped-def]
     (arg,) = list(element.clauses)
-    return f"CAST({compiler.process(arg, **kw)} AS DOUBLE PRECISION)"
+    return f"CAST({compiler.process(arg, **kw)} AS {element.casts[0]})"
 
 
-@compiles(_as_double, "mysql")
-@compiles(_as_double, "mariadb")
-def _compile_as_double_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
+@compiles(_cast_float, "mysql")
+@compiles(_cast_float, "mariadb")
+def _compile_cast_float_mysql(element, compiler, **kw):  # type: ignore[no-untyped-def]
     (arg,) = list(element.clauses)
-    return f"CAST({compiler.process(arg, **kw)} AS DOUBLE)"
+    return f"CAST({compiler.process(arg, **kw)} AS {element.casts[1]})"
 
 
 class _InList(ColumnElement[bool]):
