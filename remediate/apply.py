@@ -45,8 +45,15 @@ from remediate.plan import (
     rollback_step,
     spec_path,
 )
-from remediate.sql import FAMILY_TYPES, ScriptDialect, Step, get_script_dialect, step_statement
-from remediate.target import fingerprint, target_problem, type_family
+from remediate.sql import (
+    FAMILY_TYPES,
+    ScriptDialect,
+    Step,
+    get_script_dialect,
+    step_statement,
+    type_family,
+)
+from remediate.target import fingerprint, target_problem
 from remediate.verify import reaudit, targeted
 
 Progress = Callable[[str], None]

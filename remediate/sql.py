@@ -115,17 +115,31 @@ FAMILY_TYPES: dict[str, type[sa.types.TypeEngine]] = {
 }
 
 
-def temporal_family(type_: sa.types.TypeEngine) -> str | None:
-    """The family ("datetime", "date", "time") of a temporal column type, offline or live."""
-    if isinstance(type_, _Temporal):
-        return type_.family
+def type_family(type_: sa.types.TypeEngine) -> str:
+    """The family of a reflected column type ("other" when a plan cannot render it)."""
+    if isinstance(type_, sa.Boolean):
+        return "boolean"
+    if isinstance(type_, sa.Integer):
+        return "integer"
+    if isinstance(type_, sa.Float):
+        return "float"
+    if isinstance(type_, sa.Numeric):
+        return "numeric"
+    if isinstance(type_, sa.String):
+        return "string"
     if isinstance(type_, sa.DateTime):
         return "datetime"
     if isinstance(type_, sa.Date):
         return "date"
     if isinstance(type_, sa.Time):
         return "time"
-    return None
+    return "other"
+
+
+def temporal_family(type_: sa.types.TypeEngine) -> str | None:
+    """The family ("datetime", "date", "time") of a temporal column type, offline or live."""
+    family = type_.family if isinstance(type_, _Temporal) else type_family(type_)
+    return family if family in ("datetime", "date", "time") else None
 
 
 GUARD_FAILED = "drift: guard failed: a row changed since the audit; nothing was applied"

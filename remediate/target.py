@@ -24,32 +24,12 @@ from audit.errors import AuditFolderError, OutputError
 from audit.findings import ORPHAN_ROW, from_json, read_findings, to_json
 from audit.rebuild import key_filter_clause
 from audit.schema import BoundSpec
+from remediate.sql import get_script_dialect, type_family
 
 TARGET = "target.json"
 
 # Type families a plan can render as SQL literals; anything else is manual.
 FAMILIES = ("integer", "numeric", "float", "string", "boolean", "datetime", "date", "time")
-
-
-def type_family(type_: sa.types.TypeEngine) -> str:
-    """The family of a reflected column type ("other" when a plan cannot render it)."""
-    if isinstance(type_, sa.Boolean):
-        return "boolean"
-    if isinstance(type_, sa.Integer):
-        return "integer"
-    if isinstance(type_, sa.Float):
-        return "float"
-    if isinstance(type_, sa.Numeric):
-        return "numeric"
-    if isinstance(type_, sa.String):
-        return "string"
-    if isinstance(type_, sa.DateTime):
-        return "datetime"
-    if isinstance(type_, sa.Date):
-        return "date"
-    if isinstance(type_, sa.Time):
-        return "time"
-    return "other"
 
 
 def _type_text(conn: Connection, type_: sa.types.TypeEngine) -> str:
@@ -247,8 +227,6 @@ def capture_target(conn: Connection, bound: BoundSpec, url: URL, folder: Path) -
     Reads the findings already written to ``folder`` to fetch the full current
     row of every orphan finding.
     """
-    from remediate.sql import get_script_dialect
-
     entities: dict[str, Any] = {}
     orphans: dict[str, dict[str, Any]] = {}
     for name, entity in bound.entities.items():

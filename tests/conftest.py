@@ -159,6 +159,18 @@ def sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
     yield from _make_backend("sqlite", tmp_path)
 
 
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[Backend]:
+    """PostgreSQL only."""
+    yield from _make_backend("postgresql", tmp_path)
+
+
+@pytest.fixture
+def mariadb(tmp_path: Path) -> Iterator[Backend]:
+    """MariaDB only."""
+    yield from _make_backend("mysql", tmp_path)
+
+
 def make_backend(name: str, tmp_path: Path) -> Iterator[Backend]:
     """For tests that pick their engines themselves (a generator: use with next())."""
     return _make_backend(name, tmp_path)

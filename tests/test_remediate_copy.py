@@ -20,8 +20,7 @@ from audit import parse_spec, run_audit
 from remediate.apply import apply_plan, rollback_plan
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
-from remediate.sql import PostgresScript, ScriptDialect
-from remediate.target import type_family
+from remediate.sql import PostgresScript, ScriptDialect, type_family
 from tests.conftest import make_backend
 
 TEXTS = [
@@ -103,13 +102,6 @@ TYPES_DDL = (
     "f double precision, r real, s text, v varchar(20), c char(5), bo boolean, "
     "ts timestamp(3), tz timestamptz, d date, tm time(6))"
 )
-
-
-@pytest.fixture
-def postgres(tmp_path):
-    backends = make_backend("postgresql", tmp_path)
-    yield next(backends)
-    backends.close()
 
 
 def _outcome(conn: sa.Connection, write, column: str) -> tuple[str, str | None]:

@@ -10,7 +10,6 @@ drift apply, each land on exactly the expected rows.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from remediate.apply import apply_plan, rollback_plan
 from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, write_plan
 from remediate.sql import Step, get_script_dialect, offline_table, step_statement
-from tests.conftest import make_backend
 from tests.remediation_helpers import findings, run_client, table_state
 
 
@@ -72,16 +70,6 @@ def _ent(backend) -> dict[object, tuple]:
 
 def _ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
-
-
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator:
-    yield from make_backend("postgresql", tmp_path)
-
-
-@pytest.fixture
-def mariadb(tmp_path: Path) -> Iterator:
-    yield from make_backend("mysql", tmp_path)
 
 
 # --------------------------------------------------------------------------- decimals

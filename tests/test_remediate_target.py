@@ -333,6 +333,18 @@ def _has_history(backend) -> bool:
         return sa.inspect(conn).has_table("drift_remediation_log")
 
 
+def _scripts_refuse_other_server(backend, plan: Path, audited: str) -> None:
+    """fix.sql and rollback.sql, run on ``backend``, refuse as audited on ``audited``:
+    nothing changed, not even the history tables created."""
+    before = table_state(backend, *SCRIPT_TABLES)
+    for script in ("fix.sql", "rollback.sql"):
+        result = run_client(backend, plan / script)
+        assert result.returncode != 0
+        assert _other_server(plan, audited) in result.stderr, result.stderr.decode()
+        assert table_state(backend, *SCRIPT_TABLES) == before
+        assert not _has_history(backend)
+
+
 def test_the_scripts_refuse_another_server_before_they_change_anything(server_backend, tmp_path):
     """psql -f fix.sql with staging's plan on production: drift apply refused it, the script
     ran. Now both scripts refuse, before even the history tables are created."""
@@ -349,12 +361,7 @@ def test_the_scripts_refuse_another_server_before_they_change_anything(server_ba
     for other in others:
         _replan(audit, server=other)
         approve(audit, "alice")  # the scripts are the plan's renderings (check_scripts)
-        for script in ("fix.sql", "rollback.sql"):
-            result = run_client(backend, plan / script)
-            assert result.returncode != 0
-            assert _other_server(plan, other) in result.stderr, result.stderr.decode()
-            assert table_state(backend, *SCRIPT_TABLES) == before
-            assert not _has_history(backend)
+        _scripts_refuse_other_server(backend, plan, other)
     _replan(audit, server=live)
     fixed = run_client(backend, plan / "fix.sql")
     assert fixed.returncode == 0, fixed.stderr.decode()
@@ -474,12 +481,7 @@ def test_a_script_audited_on_one_postgresql_cluster_refuses_another(tmp_path, se
         audited = server_identity_of(staging.url)
         assert audited != server_identity_of(production.url)
         before = table_state(production, *SCRIPT_TABLES)
-        for script in ("fix.sql", "rollback.sql"):
-            result = run_client(production, plan / script)
-            assert result.returncode != 0
-            assert _other_server(plan, audited) in result.stderr, result.stderr.decode()
-            assert table_state(production, *SCRIPT_TABLES) == before
-            assert not _has_history(production)
+        _scripts_refuse_other_server(production, plan, audited)
 
         staged = table_state(staging, *SCRIPT_TABLES)
         role = f"drift_app_{uuid.uuid4().hex[:8]}"

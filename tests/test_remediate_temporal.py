@@ -11,7 +11,6 @@ fix.sql and rollback.sql with the real client, then drift apply and its rollback
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,19 +21,8 @@ from remediate.approval import approve
 from remediate.plan import PlanOptions, build_plan, load_plan, write_plan
 from remediate.sql import Step, get_script_dialect, offline_table, step_statement
 from remediate.verify import verify_plan
-from tests.conftest import make_backend
 from tests.remediation_helpers import findings, run_client, table_state
 from tests.test_remediate_literals import _audited, _ent, _ok
-
-
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator:
-    yield from make_backend("postgresql", tmp_path)
-
-
-@pytest.fixture
-def mariadb(tmp_path: Path) -> Iterator:
-    yield from make_backend("mysql", tmp_path)
 
 
 def _run(backend, script: Path, extra: list[str] | None = None, env: dict | None = None):
